@@ -1,0 +1,94 @@
+"""The application factory: everything is built from one Settings object."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from avatar_api import __version__
+from avatar_api.avatars.router import router as avatars_router
+from avatar_api.db import create_engine, create_sessionmaker
+from avatar_api.errors import PROBLEM_CONTENT_TYPE, install_error_handlers
+from avatar_api.health.router import router as health_router
+from avatar_api.settings import Settings
+from avatar_api.trainers.router import router as training_types_router
+
+logger = logging.getLogger("avatar_api")
+
+DESCRIPTION = """\
+Train a personal AI avatar (a FLUX LoRA on fal.ai) from 10-20 photos and generate images with it.
+
+Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457
+`application/problem+json` documents with a stable `code`.
+"""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    settings.check_production_safety()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.effective_test_mode:
+            logger.warning(
+                "service.test_mode",
+                extra={
+                    "detail": "TEST MODE: trainings run on the built-in fal simulator, not fal.ai"
+                },
+            )
+        try:
+            yield
+        finally:
+            await app.state.engine.dispose()
+
+    app = FastAPI(
+        title="Avatar API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        separate_input_output_schemas=False,
+    )
+    engine = create_engine(settings)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.draining = False
+
+    install_error_handlers(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.include_router(health_router)
+    app.include_router(avatars_router)
+    app.include_router(training_types_router)
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with every error described as problem+json only."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+        separate_input_output_schemas=False,
+    )
+    problem = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    for path_item in doc.get("paths", {}).values():
+        for operation in path_item.values():
+            for status, response in operation.get("responses", {}).items():
+                if status == "422":
+                    response["description"] = "Invalid request (`validation_error`)"
+                    response["content"] = {PROBLEM_CONTENT_TYPE: problem}
+                elif status.startswith(("4", "5")):
+                    response["content"] = {PROBLEM_CONTENT_TYPE: problem}
+    schemas = doc.get("components", {}).get("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    app.openapi_schema = doc
+    return doc

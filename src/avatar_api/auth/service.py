@@ -1,0 +1,95 @@
+"""Tenants and API keys: keys are shown once, stored as SHA-256, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from avatar_api.db import utcnow
+from avatar_api.errors import NotFound, Unauthorized
+from avatar_api.models import ApiKey, Tenant
+
+KEY_PREFIX = "avk_"
+
+
+class ApiKeyNotFound(NotFound):
+    code = "api_key_not_found"
+    title = "API key not found"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: every tenant-owned query filters on ``tenant_id``."""
+
+    tenant_id: uuid.UUID
+    api_key_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    api_key: ApiKey
+    tenant: Tenant
+    secret: str
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+async def get_or_create_tenant(session: AsyncSession, *, name: str) -> Tenant:
+    tenant = (await session.exec(select(Tenant).where(Tenant.name == name))).first()
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        await session.flush()
+    return tenant
+
+
+async def create_api_key(session: AsyncSession, *, tenant_name: str, name: str = "") -> IssuedKey:
+    tenant = await get_or_create_tenant(session, name=tenant_name)
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    api_key = ApiKey(tenant_id=tenant.id, name=name, prefix=secret[:12], key_hash=hash_key(secret))
+    session.add(api_key)
+    await session.flush()
+    return IssuedKey(api_key=api_key, tenant=tenant, secret=secret)
+
+
+async def list_api_keys(session: AsyncSession) -> list[tuple[ApiKey, Tenant]]:
+    rows = await session.exec(
+        select(ApiKey, Tenant)
+        .join(Tenant, col(Tenant.id) == col(ApiKey.tenant_id))
+        .order_by(col(ApiKey.created_at))
+    )
+    return list(rows.all())
+
+
+async def revoke_api_key(session: AsyncSession, *, api_key_id: uuid.UUID) -> ApiKey:
+    api_key = await session.get(ApiKey, api_key_id)
+    if api_key is None:
+        raise ApiKeyNotFound(f"No API key with id {api_key_id}.")
+    if api_key.revoked_at is None:
+        api_key.revoked_at = utcnow()
+        session.add(api_key)
+        await session.flush()
+    return api_key
+
+
+async def authenticate(session: AsyncSession, *, secret: str | None) -> Principal:
+    if not secret:
+        raise Unauthorized("Send your API key as 'Authorization: Bearer <key>'.")
+    digest = hash_key(secret)
+    api_key = (await session.exec(select(ApiKey).where(ApiKey.key_hash == digest))).first()
+    # The index lookup already matched; compare_digest keeps the final check constant-time.
+    if (
+        api_key is None
+        or not hmac.compare_digest(api_key.key_hash, digest)
+        or api_key.revoked_at is not None
+    ):
+        raise Unauthorized("The API key is invalid or has been revoked.")
+    return Principal(tenant_id=api_key.tenant_id, api_key_id=api_key.id)

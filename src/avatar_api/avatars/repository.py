@@ -1,0 +1,50 @@
+"""Avatar queries; every one is scoped to a tenant."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import and_, or_
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from avatar_api.models import Avatar, AvatarStatus, TrainingType
+from avatar_api.pagination import Cursor
+
+
+async def get(
+    session: AsyncSession, *, tenant_id: uuid.UUID, avatar_id: uuid.UUID, for_update: bool = False
+) -> Avatar | None:
+    stmt = select(Avatar).where(Avatar.tenant_id == tenant_id, Avatar.id == avatar_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await session.exec(stmt)).first()
+
+
+async def list_page(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    limit: int,
+    after: Cursor | None,
+    external_user_id: str | None,
+    status: AvatarStatus | None,
+    training_type: TrainingType | None,
+) -> list[Avatar]:
+    """Up to ``limit + 1`` avatars, newest first, so the caller can tell if more exist."""
+    stmt = select(Avatar).where(Avatar.tenant_id == tenant_id)
+    if external_user_id is not None:
+        stmt = stmt.where(Avatar.external_user_id == external_user_id)
+    if status is not None:
+        stmt = stmt.where(Avatar.status == status)
+    if training_type is not None:
+        stmt = stmt.where(Avatar.training_type == training_type)
+    if after is not None:
+        stmt = stmt.where(
+            or_(
+                col(Avatar.created_at) < after.created_at,
+                and_(col(Avatar.created_at) == after.created_at, col(Avatar.id) < after.id),
+            )
+        )
+    stmt = stmt.order_by(col(Avatar.created_at).desc(), col(Avatar.id).desc()).limit(limit + 1)
+    return list((await session.exec(stmt)).all())

@@ -1,0 +1,176 @@
+"""`avatar-api`: serve, worker, migrate, keys, openapi."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from avatar_api.settings import Settings, UnsafeConfiguration
+
+T = TypeVar("T")
+
+
+def _run_in_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    from avatar_api.db import create_engine, create_sessionmaker, session_scope
+
+    async def main() -> T:
+        engine = create_engine(settings)
+        try:
+            async with session_scope(create_sessionmaker(engine)) as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
+    from avatar_api.migrate import upgrade
+
+    upgrade(settings)
+    print(f"database migrated to head: {settings.database_url.split('@')[-1]}")
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings.check_production_safety()
+    uvicorn.run(
+        "avatar_api.main:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        log_config=None,
+    )
+    return 0
+
+
+def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    from avatar_api.auth.service import create_api_key
+
+    issued = _run_in_session(
+        settings, lambda s: create_api_key(s, tenant_name=args.tenant, name=args.name)
+    )
+    print(f"tenant: {issued.tenant.name} ({issued.tenant.id})", file=sys.stderr)
+    print(f"key id: {issued.api_key.id}", file=sys.stderr)
+    print("API key (shown once, store it now):", file=sys.stderr)
+    print(issued.secret)
+    return 0
+
+
+def cmd_keys_list(settings: Settings, _: argparse.Namespace) -> int:
+    from avatar_api.auth.service import list_api_keys
+
+    rows = _run_in_session(settings, list_api_keys)
+    for key, tenant in rows:
+        state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
+        print(f"{key.id}  {key.prefix}...  tenant={tenant.name}  {state}  {key.name}")
+    return 0
+
+
+def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from avatar_api.auth.service import revoke_api_key
+
+    key = _run_in_session(settings, lambda s: revoke_api_key(s, api_key_id=uuid.UUID(args.id)))
+    print(f"revoked {key.id} ({key.prefix}...)")
+    return 0
+
+
+def cmd_dev_key(settings: Settings, _: argparse.Namespace) -> int:
+    """Print the local development key, creating it on first use (development only)."""
+    from avatar_api.auth.service import authenticate, create_api_key
+    from avatar_api.errors import Unauthorized
+
+    if settings.is_production:
+        print("dev-key is for development only", file=sys.stderr)
+        return 2
+    path = settings.dev_key_file
+    if path.exists():
+        secret = path.read_text().strip()
+        try:
+            _run_in_session(settings, lambda s: authenticate(s, secret=secret))
+        except Unauthorized:
+            secret = ""
+        if secret:
+            print(secret)
+            return 0
+    issued = _run_in_session(
+        settings, lambda s: create_api_key(s, tenant_name="local", name="make run")
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(issued.secret + "\n")
+    path.chmod(0o600)
+    print(issued.secret)
+    return 0
+
+
+def cmd_openapi(settings: Settings, args: argparse.Namespace) -> int:
+    from avatar_api.openapi import render_openapi
+
+    text = render_openapi()
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avatar-api", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="migrate the database to the latest schema").set_defaults(
+        func=cmd_migrate
+    )
+    sub.add_parser("dev-key", help="print the local development API key").set_defaults(
+        func=cmd_dev_key
+    )
+
+    openapi = sub.add_parser("openapi", help="write the OpenAPI document")
+    openapi.add_argument("--output", "-o", default="openapi/openapi.json")
+    openapi.set_defaults(func=cmd_openapi)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
+    create = keys.add_parser("create", help="create a key (and the tenant if new)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", default="")
+    create.set_defaults(func=cmd_keys_create)
+    keys.add_parser("list", help="list keys").set_defaults(func=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id")
+    revoke.set_defaults(func=cmd_keys_revoke)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+        settings.check_production_safety()
+    except UnsafeConfiguration as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    result: int = args.func(settings, args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

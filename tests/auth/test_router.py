@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from avatar_api.auth.service import authenticate, hash_key, list_api_keys, revoke_api_key
+from avatar_api.errors import Unauthorized
+from avatar_api.models import ApiKey
+
+PROTECTED = [
+    ("GET", "/v1/avatars"),
+    ("POST", "/v1/avatars"),
+    ("GET", "/v1/avatars/00000000-0000-0000-0000-000000000000"),
+    ("PATCH", "/v1/avatars/00000000-0000-0000-0000-000000000000"),
+    ("DELETE", "/v1/avatars/00000000-0000-0000-0000-000000000000"),
+    ("GET", "/v1/training-types"),
+]
+
+
+@pytest.mark.parametrize(("method", "url"), PROTECTED)
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer avk_wrong", "Basic dXNlcjpwYXNz", "Bearer ", "avk_raw"]
+)
+async def test_protected_routes_need_a_valid_key(
+    app: FastAPI, method: str, url: str, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        response = await client.request(method, url, headers=headers, json={})
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "unauthorized"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_keys_are_stored_hashed_and_revocable(
+    session: AsyncSession, api_key: str, client: httpx.AsyncClient
+) -> None:
+    rows = await list_api_keys(session)
+    stored = [key for key, _ in rows if key.key_hash == hash_key(api_key)]
+    assert len(stored) == 1
+    assert api_key not in stored[0].model_dump_json()
+    assert stored[0].prefix == api_key[:12]
+
+    assert (await client.get("/v1/avatars")).status_code == 200
+    await revoke_api_key(session, api_key_id=stored[0].id)
+    await session.commit()
+    assert (await client.get("/v1/avatars")).status_code == 401
+    with pytest.raises(Unauthorized):
+        await authenticate(session, secret=api_key)
+
+
+async def test_revoking_unknown_key_is_404(session: AsyncSession) -> None:
+    import uuid
+
+    with pytest.raises(Exception, match="No API key") as info:
+        await revoke_api_key(session, api_key_id=uuid.uuid4())
+    assert getattr(info.value, "status_code", None) == 404
+    assert isinstance(await session.get(ApiKey, uuid.uuid4()), type(None))
