@@ -1,6 +1,6 @@
-"""tenants api keys avatars
+"""Tenants, API keys and avatars.
 
-Revision ID: b4e0bf8af4f3
+Revision ID: 0001_initial
 Revises:
 Create Date: 2026-11-25 15:30:28.793865
 """
@@ -12,7 +12,7 @@ from alembic import op
 
 import avatar_api.db
 
-revision: str = "b4e0bf8af4f3"
+revision: str = "0001_initial"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
