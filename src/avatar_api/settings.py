@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     allow_test_mode_in_production: bool = False
     style_trainer: StyleTrainer = StyleTrainer.flux_pro_trainer
     fal_store_io: bool = False
+    fal_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
     fal_jwks_url: str = "https://rest.fal.ai/.well-known/jwks.json"
     fal_rest_base_url: str = "https://api.fal.ai"
     fal_webhook_user_id: str | None = None
