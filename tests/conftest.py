@@ -24,6 +24,7 @@ from avatar_api.auth.service import create_api_key
 from avatar_api.db import create_engine
 from avatar_api.migrate import upgrade
 from avatar_api.settings import Settings
+from tests.fakes import RecordingGateway
 
 PG_URL = os.environ.get("AVATAR_TEST_DATABASE_URL")
 BACKENDS = ["sqlite", "postgresql"]
@@ -108,10 +109,15 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> FastAPI:
-    app = create_app(settings)
-    app.state.sessionmaker = sessionmaker
-    return app
+def gateway() -> RecordingGateway:
+    return RecordingGateway()
+
+
+@pytest.fixture
+def app(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], gateway: RecordingGateway
+) -> FastAPI:
+    return create_app(settings, sessionmaker=sessionmaker, gateway=gateway)
 
 
 async def make_key(session: AsyncSession, tenant: str) -> str:

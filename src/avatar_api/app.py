@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api import __version__
 from avatar_api.avatars.router import router as avatars_router
+from avatar_api.bootstrap import build_services
 from avatar_api.db import create_engine, create_sessionmaker
 from avatar_api.errors import PROBLEM_CONTENT_TYPE, install_error_handlers
+from avatar_api.fal.gateway import TrainerGateway
 from avatar_api.health.router import router as health_router
+from avatar_api.photos.router import router as photos_router
 from avatar_api.settings import Settings
+from avatar_api.storage.base import ObjectStorage
+from avatar_api.storage.router import router as files_router
 from avatar_api.trainers.router import router as training_types_router
 
 logger = logging.getLogger("avatar_api")
@@ -28,7 +37,15 @@ Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457
 """
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+    gateway: TrainerGateway | None = None,
+    storage: ObjectStorage | None = None,
+    http: httpx.AsyncClient | None = None,
+) -> FastAPI:
+    """Build the app; tests pass their own sessionmaker, gateway, storage or HTTP client."""
     settings.check_production_safety()
 
     @asynccontextmanager
@@ -43,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await services.http.aclose()
             await app.state.engine.dispose()
 
     app = FastAPI(
@@ -54,9 +72,14 @@ def create_app(settings: Settings) -> FastAPI:
         separate_input_output_schemas=False,
     )
     engine = create_engine(settings)
+    sessionmaker = sessionmaker or create_sessionmaker(engine)
+    services = build_services(settings, sessionmaker, http=http, gateway=gateway, storage=storage)
     app.state.settings = settings
     app.state.engine = engine
-    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.sessionmaker = sessionmaker
+    app.state.services = services
+    app.state.storage = services.storage
+    app.state.upload_semaphore = asyncio.Semaphore(settings.upload_concurrency)
     app.state.draining = False
 
     install_error_handlers(app)
@@ -64,6 +87,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health_router)
     app.include_router(avatars_router)
     app.include_router(training_types_router)
+    app.include_router(photos_router)
+    app.include_router(files_router)
     return app
 
 

@@ -56,6 +56,64 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from avatar_api.logging_setup import configure_logging
+
+    if args.check:
+        return 0 if asyncio.run(_database_reachable(settings)) else 1
+    configure_logging(level=settings.log_level, fmt=settings.resolved_log_format)
+    asyncio.run(_run_worker(settings, concurrency=args.concurrency))
+    return 0
+
+
+async def _database_reachable(settings: Settings) -> bool:
+    from sqlalchemy import text
+
+    from avatar_api.db import create_engine
+
+    engine = create_engine(settings)
+    try:
+        async with asyncio.timeout(10), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        print(f"database unreachable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+    finally:
+        await engine.dispose()
+    return True
+
+
+async def _run_worker(settings: Settings, *, concurrency: int | None) -> None:
+    import signal
+
+    from avatar_api.bootstrap import build_services
+    from avatar_api.db import create_engine, create_sessionmaker
+    from avatar_api.jobs.kinds import build_registry
+    from avatar_api.jobs.worker import Worker
+
+    engine = create_engine(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    try:
+        services = build_services(settings, create_sessionmaker(engine))
+        worker = Worker(services=services, registry=build_registry(), concurrency=concurrency)
+        # The first signal asks for a graceful stop; in-flight jobs finish or are handed back.
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await worker.run(stop)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            for resource in (services.gateway, services.storage, services.http):
+                close = getattr(resource, "aclose", None) or getattr(resource, "close", None)
+                if close is not None:
+                    await close()
+    finally:
+        await engine.dispose()
+
+
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
     from avatar_api.auth.service import create_api_key
 
@@ -136,6 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run background jobs until SIGINT/SIGTERM")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="jobs run at once (default: AVATAR_WORKER_CONCURRENCY)",
+    )
+    worker.add_argument(
+        "--check", action="store_true", help="exit 0 if the database is reachable, else 1"
+    )
+    worker.set_defaults(func=cmd_worker)
 
     sub.add_parser("migrate", help="migrate the database to the latest schema").set_defaults(
         func=cmd_migrate

@@ -11,12 +11,18 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.auth.service import Principal, authenticate
 from avatar_api.db import session_scope
+from avatar_api.services import Services
 from avatar_api.settings import Settings
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     async with session_scope(request.app.state.sessionmaker) as session:
         yield session
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
 
 
 def get_settings(request: Request) -> Settings:
@@ -28,15 +34,19 @@ def get_settings(request: Request) -> Settings:
 # answered for effects that could still fail to commit.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ServicesDep = Annotated[Services, Depends(get_services)]
 
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer avk_...`")
 
 
 async def get_principal(
-    session: SessionDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    return await authenticate(session, secret=credentials.credentials if credentials else None)
+    # Its own short transaction: the request's unit of work starts only when the route
+    # needs it, so long requests (uploads) hold no transaction while they stream.
+    async with session_scope(request.app.state.sessionmaker) as session:
+        return await authenticate(session, secret=credentials.credentials if credentials else None)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 from avatar_api.app import create_app
 from avatar_api.settings import Settings
@@ -10,5 +12,13 @@ from avatar_api.settings import Settings
 
 def render_openapi() -> str:
     # Fixed settings: the document must not depend on the machine's environment.
-    app = create_app(Settings(_env_file=None, database_url="sqlite+aiosqlite://"))
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            _env_file=None,
+            database_url="sqlite+aiosqlite://",
+            storage_local_root=Path(tmp),
+            test_mode=False,
+            fal_key="unused:unused",
+        )
+        app = create_app(settings)
     return json.dumps(app.openapi(), indent=2, sort_keys=False, ensure_ascii=False) + "\n"

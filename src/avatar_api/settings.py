@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     photo_max_side: int = Field(default=2048, ge=256)
     photo_min_side: int = Field(default=512, ge=64)
     photo_max_pixels: int = Field(default=40_000_000, ge=1_000_000)
-    photo_jpeg_quality: int = Field(default=92, ge=50, le=100)
+    photo_jpeg_quality: int = Field(default=92, ge=50, le=95)
     photo_face_check: FaceCheck = FaceCheck.enforce
     portrait_min_photos: int = Field(default=10, ge=1)
     portrait_max_photos: int = Field(default=20, ge=1)
