@@ -20,12 +20,18 @@ from avatar_api.bootstrap import build_services
 from avatar_api.db import create_engine, create_sessionmaker
 from avatar_api.errors import PROBLEM_CONTENT_TYPE, install_error_handlers
 from avatar_api.fal.gateway import TrainerGateway
+from avatar_api.fal.simulator import simulator_jwks_url
+from avatar_api.fal.simulator_router import router as simulator_router
+from avatar_api.fal.webhook_signature import FalWebhookVerifier
 from avatar_api.health.router import router as health_router
 from avatar_api.photos.router import router as photos_router
+from avatar_api.runtime import run_background
 from avatar_api.settings import Settings
 from avatar_api.storage.base import ObjectStorage
 from avatar_api.storage.router import router as files_router
 from avatar_api.trainers.router import router as training_types_router
+from avatar_api.training.router import router as training_router
+from avatar_api.webhooks.fal_router import router as fal_webhook_router
 
 logger = logging.getLogger("avatar_api")
 
@@ -50,17 +56,19 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.effective_test_mode:
-            logger.warning(
-                "service.test_mode",
-                extra={
-                    "detail": "TEST MODE: trainings run on the built-in fal simulator, not fal.ai"
-                },
-            )
+        stop = asyncio.Event()
+        background = None
+        if settings.embedded_worker:
+            background = asyncio.create_task(run_background(services, stop), name="worker")
+            logger.info("worker.embedded_started")
         try:
             yield
         finally:
-            await services.http.aclose()
+            app.state.draining = True
+            stop.set()
+            if background is not None:
+                await background
+            await services.aclose()
             await app.state.engine.dispose()
 
     app = FastAPI(
@@ -80,6 +88,11 @@ def create_app(
     app.state.services = services
     app.state.storage = services.storage
     app.state.upload_semaphore = asyncio.Semaphore(settings.upload_concurrency)
+    app.state.fal_verifier = FalWebhookVerifier(
+        simulator_jwks_url(settings) if settings.effective_test_mode else settings.fal_jwks_url,
+        http=services.http,
+        tolerance_seconds=settings.fal_webhook_tolerance_seconds,
+    )
     app.state.draining = False
 
     install_error_handlers(app)
@@ -88,7 +101,11 @@ def create_app(
     app.include_router(avatars_router)
     app.include_router(training_types_router)
     app.include_router(photos_router)
+    app.include_router(training_router)
+    app.include_router(fal_webhook_router)
     app.include_router(files_router)
+    if settings.effective_test_mode:
+        app.include_router(simulator_router)
     return app
 
 

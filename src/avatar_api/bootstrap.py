@@ -39,9 +39,19 @@ def build_storage(settings: Settings) -> ObjectStorage:
     )
 
 
-def build_gateway(settings: Settings, http: httpx.AsyncClient) -> TrainerGateway:
+def build_gateway(
+    settings: Settings,
+    http: httpx.AsyncClient,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> TrainerGateway:
     if settings.effective_test_mode:
-        raise NotImplementedError("the fal simulator is not wired yet")
+        from avatar_api.fal.simulator import SimulatorGateway
+
+        logger.warning(
+            "service.test_mode",
+            extra={"detail": "TEST MODE: trainings run on the built-in fal simulator, not fal.ai"},
+        )
+        return SimulatorGateway(settings=settings, sessionmaker=sessionmaker)
     from avatar_api.fal.client import FalClientGateway
 
     key = settings.fal_key.get_secret_value() if settings.fal_key else None
@@ -69,6 +79,6 @@ def build_services(
         settings=settings,
         sessionmaker=sessionmaker,
         storage=storage or build_storage(settings),
-        gateway=gateway or build_gateway(settings, http),
+        gateway=gateway or build_gateway(settings, http, sessionmaker),
         http=http,
     )

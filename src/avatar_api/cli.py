@@ -88,8 +88,7 @@ async def _run_worker(settings: Settings, *, concurrency: int | None) -> None:
 
     from avatar_api.bootstrap import build_services
     from avatar_api.db import create_engine, create_sessionmaker
-    from avatar_api.jobs.kinds import build_registry
-    from avatar_api.jobs.worker import Worker
+    from avatar_api.runtime import run_background
 
     engine = create_engine(settings)
     stop = asyncio.Event()
@@ -97,19 +96,15 @@ async def _run_worker(settings: Settings, *, concurrency: int | None) -> None:
     signals = (signal.SIGINT, signal.SIGTERM)
     try:
         services = build_services(settings, create_sessionmaker(engine))
-        worker = Worker(services=services, registry=build_registry(), concurrency=concurrency)
         # The first signal asks for a graceful stop; in-flight jobs finish or are handed back.
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         try:
-            await worker.run(stop)
+            await run_background(services, stop, concurrency=concurrency)
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            for resource in (services.gateway, services.storage, services.http):
-                close = getattr(resource, "aclose", None) or getattr(resource, "close", None)
-                if close is not None:
-                    await close()
+            await services.aclose()
     finally:
         await engine.dispose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,3 +28,13 @@ class Services:
     gateway: TrainerGateway
     http: httpx.AsyncClient
     clock: Callable[[], datetime] = field(default=utcnow)
+
+    async def aclose(self) -> None:
+        """Release network clients; the process is shutting down."""
+        for resource in (self.gateway, self.storage):
+            close = getattr(resource, "aclose", None)
+            if close is not None:
+                await close()
+            elif (sync_close := getattr(resource, "close", None)) is not None:
+                await asyncio.to_thread(sync_close)
+        await self.http.aclose()

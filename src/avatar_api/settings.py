@@ -36,6 +36,15 @@ class StyleTrainer(StrEnum):
     flux_lora_fast_training = "flux-lora-fast-training"
 
 
+class SimulatorFailure(StrEnum):
+    """Faults the test-mode simulator injects, to rehearse what fal can do."""
+
+    none = "none"
+    trainer_error = "trainer_error"
+    lost_webhook = "lost_webhook"
+    duplicate_webhook = "duplicate_webhook"
+
+
 class UnsafeConfiguration(ValueError):
     """Raised at start-up when a production configuration would be unsafe."""
 
@@ -102,6 +111,24 @@ class Settings(BaseSettings):
     job_lease_seconds: int = Field(default=300, ge=10)
     job_poll_interval_seconds: float = Field(default=1.0, gt=0)
     job_max_attempts: int = Field(default=8, ge=1)
+
+    # --- trainings ---
+    training_poll_interval_seconds: float = Field(default=60.0, gt=0)
+    training_reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+    training_submit_timeout_seconds: float = Field(default=1800.0, gt=0)
+    training_hard_timeout_seconds: float = Field(default=6 * 3600.0, gt=0)
+    training_max_log_lines: int = Field(default=20, ge=1, le=500)
+
+    # --- test-mode simulator ---
+    simulator_queue_seconds: float = Field(default=3.0, ge=0)
+    simulator_train_seconds: float = Field(default=10.0, ge=0)
+    simulator_failure: SimulatorFailure = SimulatorFailure.none
+
+    # --- outbound webhooks ---
+    webhook_allow_private_targets: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=30)
+    webhook_max_endpoints_per_tenant: int = Field(default=20, ge=1, le=1000)
 
     # --- fal.ai (legacy names, no prefix) ---
     fal_key: SecretStr | None = Field(default=None, validation_alias=_fal("FAL_KEY"))
@@ -224,6 +251,11 @@ class Settings(BaseSettings):
             problems.append(
                 "AVATAR_PUBLIC_BASE_URL must be an https:// URL reachable by fal.ai "
                 "(webhooks and photo archives are fetched from it)."
+            )
+        if self.webhook_allow_private_targets:
+            problems.append(
+                "AVATAR_WEBHOOK_ALLOW_PRIVATE_TARGETS is on in production: callers could make "
+                "the service POST to internal addresses. Unset it (it is for local development)."
             )
         if problems:
             raise UnsafeConfiguration(

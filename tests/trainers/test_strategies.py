@@ -7,18 +7,21 @@ import pytest
 
 from avatar_api.models import TrainingType
 from avatar_api.settings import StyleTrainer
-from avatar_api.trainers import Preset, TrainingRequest, get_strategy
+from avatar_api.trainers import Preset, TrainerStrategy, TrainingRequest, get_strategy
 from avatar_api.trainers.base import InvalidTrainerOutput, InvalidTrainingOverrides
 from tests.conftest import make_settings
 
 
-def request(preset: Preset | None = Preset.balanced, **overrides: Any) -> TrainingRequest:
-    return TrainingRequest(
-        archive_url="https://files.example/a.zip",
-        trigger_phrase="PERSON_1a2b3c4d",
-        preset=preset,
-        overrides=overrides,
-        comment="Anna (avatar 123)",
+def built(
+    strategy: TrainerStrategy, preset: Preset | None = Preset.balanced, **overrides: Any
+) -> dict[str, Any]:
+    return strategy.build_input(
+        TrainingRequest(
+            archive_url="https://files.example/a.zip",
+            trigger_phrase="PERSON_1a2b3c4d",
+            parameters=strategy.resolve_parameters(preset, overrides),
+            comment="Anna (avatar 123)",
+        )
     )
 
 
@@ -32,7 +35,7 @@ def test_portrait_presets_come_from_the_legacy_settings() -> None:
     strategy = get_strategy(TrainingType.portrait, settings)
     assert strategy.endpoint == "fal-ai/flux-lora-portrait-trainer"
     assert strategy.inference_endpoint == "fal-ai/flux-lora"
-    fast = strategy.build_input(request(Preset.fast))
+    fast = built(strategy, Preset.fast)
     assert fast == {
         "images_data_url": "https://files.example/a.zip",
         "trigger_phrase": "PERSON_1a2b3c4d",
@@ -42,17 +45,17 @@ def test_portrait_presets_come_from_the_legacy_settings() -> None:
         "subject_crop": True,
         "create_masks": True,
     }
-    assert strategy.build_input(request(None))["steps"] == 999
-    assert strategy.build_input(request(Preset.quality))["learning_rate"] == 0.0001
+    assert built(strategy, None)["steps"] == 999
+    assert built(strategy, Preset.quality)["learning_rate"] == 0.0001
 
 
 def test_overrides_win_and_are_range_checked() -> None:
     strategy = get_strategy(TrainingType.portrait, make_settings())
-    built = strategy.build_input(request(steps=42, subject_crop=False))
-    assert (built["steps"], built["subject_crop"]) == (42, False)
+    result = built(strategy, steps=42, subject_crop=False)
+    assert (result["steps"], result["subject_crop"]) == (42, False)
     for bad in ({"steps": 0}, {"steps": 10001}, {"learning_rate": 0.5}, {"bogus": 1}):
         with pytest.raises(InvalidTrainingOverrides) as info:
-            strategy.build_input(request(**bad))
+            built(strategy, **bad)
         assert info.value.status_code == 422
         assert info.value.errors[0]["loc"][:2] == ["body", "overrides"]
 
@@ -61,27 +64,27 @@ def test_style_uses_pro_trainer_by_default() -> None:
     strategy = get_strategy(TrainingType.style, make_settings())
     assert strategy.endpoint == "fal-ai/flux-pro-trainer"
     assert strategy.inference_endpoint == "fal-ai/flux-pro/v1.1-ultra-finetuned"
-    built = strategy.build_input(request(Preset.fast, lora_rank=32))
-    assert built["data_url"] == "https://files.example/a.zip"
-    assert built["trigger_word"] == "PERSON_1a2b3c4d"
-    assert built["finetune_comment"] == "Anna (avatar 123)"
-    assert built["mode"] == "style"
-    assert (built["iterations"], built["priority"], built["lora_rank"]) == (150, "speed", 32)
+    result = built(strategy, Preset.fast, lora_rank=32)
+    assert result["data_url"] == "https://files.example/a.zip"
+    assert result["trigger_word"] == "PERSON_1a2b3c4d"
+    assert result["finetune_comment"] == "Anna (avatar 123)"
+    assert result["mode"] == "style"
+    assert (result["iterations"], result["priority"], result["lora_rank"]) == (150, "speed", 32)
     assert strategy.parse_result({"finetune_id": "ft-1"}).finetune_id == "ft-1"
     with pytest.raises(InvalidTrainerOutput):
         strategy.parse_result({})
     with pytest.raises(InvalidTrainingOverrides):
-        strategy.build_input(request(lora_rank=8))
+        built(strategy, lora_rank=8)
 
 
 def test_style_alternative_is_a_setting() -> None:
     settings = make_settings(style_trainer=StyleTrainer.flux_lora_fast_training)
     strategy = get_strategy(TrainingType.style, settings)
     assert strategy.endpoint == "fal-ai/flux-lora-fast-training"
-    built = strategy.build_input(request(Preset.quality))
-    assert built["is_style"] is True
-    assert built["images_data_url"] == "https://files.example/a.zip"
-    assert built["steps"] == 2000
+    result = built(strategy, Preset.quality)
+    assert result["is_style"] is True
+    assert result["images_data_url"] == "https://files.example/a.zip"
+    assert result["steps"] == 2000
 
 
 def test_lora_result_parsing() -> None:

@@ -10,4 +10,9 @@ from avatar_api.jobs.registry import JobRegistry
 
 
 def build_registry() -> JobRegistry:
-    return JobRegistry()
+    from avatar_api.fal.simulator import SIMULATOR_JOB_KINDS
+    from avatar_api.training.tasks import TRAINING_JOB_KINDS
+
+    # The simulator's kinds are always registered: jobs it enqueued in test mode must not
+    # be stranded if a worker restarts with another configuration.
+    return JobRegistry([*TRAINING_JOB_KINDS, *SIMULATOR_JOB_KINDS])

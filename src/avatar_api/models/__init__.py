@@ -4,15 +4,31 @@ from avatar_api.models.avatar import Avatar, AvatarStatus, Gender, TrainingType
 from avatar_api.models.job import Job, JobStatus
 from avatar_api.models.photo import Photo
 from avatar_api.models.tenant import ApiKey, Tenant
+from avatar_api.models.training import (
+    FalWebhookEvent,
+    IdempotencyKey,
+    SimulatedRequest,
+    Training,
+    TrainingStatus,
+)
+from avatar_api.models.webhook import WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint
 
 __all__ = [
     "ApiKey",
     "Avatar",
     "AvatarStatus",
+    "FalWebhookEvent",
     "Gender",
+    "IdempotencyKey",
     "Job",
     "JobStatus",
     "Photo",
+    "SimulatedRequest",
     "Tenant",
+    "Training",
+    "TrainingStatus",
     "TrainingType",
+    "WebhookDelivery",
+    "WebhookDeliveryStatus",
+    "WebhookEndpoint",
 ]

@@ -54,8 +54,9 @@ class TrainerResult:
 class TrainingRequest:
     archive_url: str
     trigger_phrase: str
-    preset: Preset | None
-    overrides: Mapping[str, Any]
+    # Resolved when the training was started (preset + overrides), so a settings change
+    # between start and submission cannot alter what the caller was shown.
+    parameters: Mapping[str, Any]
     comment: str
 
 
@@ -71,6 +72,12 @@ class TrainerStrategy(Protocol):
 
     def preset_parameters(self, preset: Preset | None) -> dict[str, Any]:
         """The tunable parameters a preset (or ``None``: the configured default) resolves to."""
+        ...
+
+    def resolve_parameters(
+        self, preset: Preset | None, overrides: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Preset parameters with the caller's overrides, range-checked (422 otherwise)."""
         ...
 
     def build_input(self, request: TrainingRequest) -> dict[str, Any]:

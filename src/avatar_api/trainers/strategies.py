@@ -44,6 +44,14 @@ class PortraitStrategy:
     )
     overrides_model: ClassVar[type[BaseModel]] = PortraitOverrides
 
+    def resolve_parameters(
+        self, preset: Preset | None, overrides: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            **self.preset_parameters(preset),
+            **validate_overrides(PortraitOverrides, overrides),
+        }
+
     def __init__(self, settings: Settings):
         self._s = settings
 
@@ -64,8 +72,7 @@ class PortraitStrategy:
         }
 
     def build_input(self, request: TrainingRequest) -> dict[str, Any]:
-        params = self.preset_parameters(request.preset)
-        params.update(validate_overrides(PortraitOverrides, request.overrides))
+        params = dict(request.parameters)
         return {
             "images_data_url": request.archive_url,
             "trigger_phrase": request.trigger_phrase,
@@ -99,6 +106,14 @@ class ProStyleStrategy:
     )
     overrides_model: ClassVar[type[BaseModel]] = ProStyleOverrides
 
+    def resolve_parameters(
+        self, preset: Preset | None, overrides: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            **self.preset_parameters(preset),
+            **validate_overrides(ProStyleOverrides, overrides),
+        }
+
     _PRESETS: ClassVar[dict[Preset | None, dict[str, Any]]] = {
         Preset.fast: {"iterations": 150, "priority": "speed", "lora_rank": 16},
         Preset.balanced: {"iterations": 300, "priority": "quality", "lora_rank": 32},
@@ -115,8 +130,7 @@ class ProStyleStrategy:
         return {**base, **self._PRESETS[preset or Preset.balanced]}
 
     def build_input(self, request: TrainingRequest) -> dict[str, Any]:
-        params = self.preset_parameters(request.preset)
-        params.update(validate_overrides(ProStyleOverrides, request.overrides))
+        params = dict(request.parameters)
         return {
             "data_url": request.archive_url,
             "trigger_word": request.trigger_phrase,
@@ -146,6 +160,14 @@ class FastStyleStrategy:
     notes: ClassVar[str] = "FLUX LoRA fast training with is_style=true; minutes, not hours."
     overrides_model: ClassVar[type[BaseModel]] = FastStyleOverrides
 
+    def resolve_parameters(
+        self, preset: Preset | None, overrides: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            **self.preset_parameters(preset),
+            **validate_overrides(FastStyleOverrides, overrides),
+        }
+
     _STEPS: ClassVar[dict[Preset | None, int]] = {
         Preset.fast: 500,
         Preset.balanced: 1000,
@@ -156,8 +178,7 @@ class FastStyleStrategy:
         return {"steps": self._STEPS[preset or Preset.balanced], "create_masks": False}
 
     def build_input(self, request: TrainingRequest) -> dict[str, Any]:
-        params = self.preset_parameters(request.preset)
-        params.update(validate_overrides(FastStyleOverrides, request.overrides))
+        params = dict(request.parameters)
         return {
             "images_data_url": request.archive_url,
             "trigger_word": request.trigger_phrase,

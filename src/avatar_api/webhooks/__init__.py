@@ -1,0 +1,1 @@
+"""Webhooks: outbound deliveries to callers (Standard Webhooks), and fal's inbound ones."""

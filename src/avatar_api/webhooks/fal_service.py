@@ -1,0 +1,139 @@
+"""Receiving fal's webhooks: verify, check it is ours, store once, let a job apply it.
+
+Verification happens before anything is parsed or stored. A valid signature is not enough
+(fal signs every customer's webhooks with the same keys): the URL's per-training token
+must match, the request id must be one we created for that training, and the user id
+must be ours when configured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Mapping
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from avatar_api.errors import AppError, PayloadTooLarge, ServiceUnavailable
+from avatar_api.fal.webhook_signature import (
+    FalWebhookVerifier,
+    JwksUnavailable,
+    WebhookSignatureError,
+)
+from avatar_api.jobs.queue import enqueue
+from avatar_api.models import FalWebhookEvent, Training, TrainingStatus
+from avatar_api.settings import Settings
+from avatar_api.training.tasks import APPLY_EVENT_JOB
+from avatar_api.training.tokens import token_matches
+
+logger = logging.getLogger("avatar_api.webhooks.fal")
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class FalWebhookRejected(AppError):
+    status_code = 401
+    code = "fal_webhook_rejected"
+    title = "Webhook rejected"
+
+
+class FalWebhookTooLarge(PayloadTooLarge):
+    code = "fal_webhook_too_large"
+    title = "Webhook body too large"
+
+
+class JwksUnreachable(ServiceUnavailable):
+    code = "fal_jwks_unavailable"
+    title = "Cannot verify webhooks right now"
+
+
+def _reject(reason: str, **context: object) -> FalWebhookRejected:
+    logger.warning("fal.webhook_rejected", extra={"reason": reason, **context})
+    return FalWebhookRejected("The webhook could not be authenticated.")
+
+
+async def read_capped(stream: AsyncIterator[bytes], limit: int = MAX_BODY_BYTES) -> bytes:
+    body = bytearray()
+    async for chunk in stream:
+        body += chunk
+        if len(body) > limit:
+            raise FalWebhookTooLarge(f"Webhook bodies are limited to {limit} bytes.")
+    return bytes(body)
+
+
+async def receive_fal_webhook(
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    verifier: FalWebhookVerifier,
+    training_id: uuid.UUID,
+    token: str,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> bool:
+    """Store a verified webhook once; returns False for a duplicate delivery."""
+    try:
+        verified = await verifier.verify(headers, body)
+    except WebhookSignatureError as exc:
+        raise _reject(exc.reason, training_id=str(training_id)) from exc
+    except JwksUnavailable as exc:
+        logger.error("fal.webhook_jwks_unavailable", extra={"training_id": str(training_id)})
+        raise JwksUnreachable("fal's signing keys cannot be fetched; retry later.") from exc
+    if not token_matches(settings, training_id, token):
+        raise _reject("bad_token", training_id=str(training_id))
+    if settings.fal_webhook_user_id and verified.user_id != settings.fal_webhook_user_id:
+        raise _reject("wrong_user", training_id=str(training_id))
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise _reject("bad_json", training_id=str(training_id)) from exc
+    if not isinstance(document, dict) or document.get("request_id") != verified.request_id:
+        raise _reject("request_id_mismatch", training_id=str(training_id))
+
+    training = await session.get(Training, training_id, with_for_update=True)
+    if training is None:
+        raise _reject("unknown_training", training_id=str(training_id))
+    if training.request_id is None and training.status is TrainingStatus.submitting:
+        # Our submit call lost fal's reply; the signed webhook with this training's token
+        # tells us which request fal created for it.
+        training.request_id = verified.request_id
+        session.add(training)
+        logger.warning(
+            "fal.webhook_adopted_request",
+            extra={"training_id": str(training_id), "request_id": verified.request_id},
+        )
+    elif training.request_id != verified.request_id:
+        raise _reject("unknown_request", training_id=str(training_id))
+
+    digest = hashlib.sha256(body).hexdigest()
+    status = str(document.get("status", ""))[:16]
+    try:
+        async with session.begin_nested():
+            event = FalWebhookEvent(
+                training_id=training_id,
+                request_id=verified.request_id,
+                body_sha256=digest,
+                status=status,
+                body=document,
+            )
+            session.add(event)
+            await session.flush()
+    except IntegrityError:
+        logger.info(
+            "fal.webhook_duplicate",
+            extra={"training_id": str(training_id), "request_id": verified.request_id},
+        )
+        return False
+    await enqueue(session, kind=APPLY_EVENT_JOB, payload={"event_id": str(event.id)})
+    logger.info(
+        "fal.webhook_received",
+        extra={
+            "training_id": str(training_id),
+            "request_id": verified.request_id,
+            "status": status,
+        },
+    )
+    return True
