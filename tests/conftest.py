@@ -6,9 +6,10 @@ at one (CI sets it). The schema is built by the real migrations, not create_all.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +31,49 @@ PG_URL = os.environ.get("AVATAR_TEST_DATABASE_URL")
 BACKENDS = ["sqlite", "postgresql"]
 
 
-def _reset_postgres(url: str) -> None:
+@contextlib.contextmanager
+def _private_postgres_database(url: str) -> Iterator[str]:
+    """A fresh database for this test session, next to the one the URL names.
+
+    Several test sessions may share one server (developers, helpers, CI); each gets its
+    own database so none wipes another's tables.
+    """
     import asyncio
 
-    async def reset() -> None:
-        engine = create_engine(Settings(_env_file=None, database_url=url))
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-            await conn.execute(text("CREATE SCHEMA public"))
-        await engine.dispose()
+    from sqlalchemy.engine import make_url
 
-    asyncio.run(reset())
+    base = make_url(url)
+    name = f"avatar_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+    async def admin(statement: str) -> None:
+        engine = create_engine(make_settings(database_url=url))
+        try:
+            async with engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    if not PG_URL:
+        pytest.skip("AVATAR_TEST_DATABASE_URL is not set (CI sets it to PostgreSQL)")
+    with _private_postgres_database(PG_URL) as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A freshly migrated database on each backend."""
     if request.param == "postgresql":
-        if not PG_URL:
-            pytest.skip("AVATAR_TEST_DATABASE_URL is not set (CI sets it to PostgreSQL)")
-        _reset_postgres(PG_URL)
-        url = PG_URL
+        url: str = request.getfixturevalue("postgres_url")
     else:
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
     upgrade(make_settings(database_url=url))
@@ -65,6 +88,10 @@ def make_settings(**overrides: Any) -> Settings:
         "test_mode": True,
         "embedded_worker": False,
         "storage_local_root": Path("/nonexistent"),
+        # Tests poll the API in tight loops; the limits have their own tests (tests/ops).
+        "rate_limit_per_minute": 0,
+        "quota_concurrent_trainings": 0,
+        "quota_trainings_per_day": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

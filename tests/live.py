@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -23,6 +23,7 @@ import avatar_api.models  # noqa: F401
 from avatar_api.app import create_app
 from avatar_api.auth.service import create_api_key
 from avatar_api.db import create_engine, create_sessionmaker, session_scope
+from avatar_api.fal.gateway import TrainerGateway
 from avatar_api.runtime import run_background
 from avatar_api.settings import Settings
 
@@ -41,6 +42,19 @@ class LiveStack:
     settings: Settings
     stop: asyncio.Event
     background: asyncio.Task[None] | None = None
+    extra_clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    async def client_for(self, tenant: str) -> httpx.AsyncClient:
+        """A client with a fresh API key of ``tenant`` (closed with the stack)."""
+        async with session_scope(self.app.state.sessionmaker) as session:
+            issued = await create_api_key(session, tenant_name=tenant)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app),
+            base_url=self.settings.public_base_url,
+            headers={"Authorization": f"Bearer {issued.secret}"},
+        )
+        self.extra_clients.append(client)
+        return client
 
     def start_worker(self) -> None:
         self.background = asyncio.create_task(
@@ -58,15 +72,37 @@ class LiveStack:
                 await asyncio.sleep(0.05)
 
 
+class RoutingTransport(httpx.AsyncBaseTransport):
+    """Calls to the service's public URL go to the in-process app; others to the network
+    (a local S3 server's presigned URLs, for instance)."""
+
+    def __init__(self, public_base_url: str) -> None:
+        self.app_transport = httpx.ASGITransport(app=FastAPI())
+        self.network = httpx.AsyncHTTPTransport()
+        self._origin = httpx.URL(public_base_url)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if (url.host, url.port) == (self._origin.host, self._origin.port):
+            return await self.app_transport.handle_async_request(request)
+        return await self.network.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.network.aclose()
+
+
 @contextlib.asynccontextmanager
-async def live_stack(settings: Settings, *, tenant: str = "live") -> AsyncIterator[LiveStack]:
+async def live_stack(
+    settings: Settings, *, tenant: str = "live", gateway: TrainerGateway | None = None
+) -> AsyncIterator[LiveStack]:
+    """``gateway`` replaces the one the settings select (the simulator in test mode)."""
     engine = create_engine(settings)
     await wipe(engine)
     sessionmaker = create_sessionmaker(engine)
-    transport = httpx.ASGITransport(app=FastAPI())
-    http = httpx.AsyncClient(transport=transport, base_url=settings.public_base_url)
-    app = create_app(settings, sessionmaker=sessionmaker, http=http)
-    transport.app = app  # the app's own outgoing calls come back to it
+    transport = RoutingTransport(settings.public_base_url)
+    http = httpx.AsyncClient(transport=transport)
+    app = create_app(settings, sessionmaker=sessionmaker, http=http, gateway=gateway)
+    transport.app_transport.app = app  # the app's own outgoing calls come back to it
     async with session_scope(sessionmaker) as session:
         issued = await create_api_key(session, tenant_name=tenant)
     client = httpx.AsyncClient(
@@ -84,6 +120,8 @@ async def live_stack(settings: Settings, *, tenant: str = "live") -> AsyncIterat
         if stack.background is not None:
             await stack.background
         await client.aclose()
+        for extra in stack.extra_clients:
+            await extra.aclose()
         await app.state.services.aclose()
         await wipe(engine)
         await engine.dispose()

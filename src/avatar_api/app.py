@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api import __version__
 from avatar_api.avatars.router import router as avatars_router
+from avatar_api.avatars.router import users_router
 from avatar_api.bootstrap import build_services
 from avatar_api.db import create_engine, create_sessionmaker
 from avatar_api.errors import PROBLEM_CONTENT_TYPE, install_error_handlers
@@ -23,7 +24,11 @@ from avatar_api.fal.gateway import TrainerGateway
 from avatar_api.fal.simulator import simulator_jwks_url
 from avatar_api.fal.simulator_router import router as simulator_router
 from avatar_api.fal.webhook_signature import FalWebhookVerifier
+from avatar_api.generations.router import router as generations_router
+from avatar_api.generations.router import webhook_router as generation_webhook_router
 from avatar_api.health.router import router as health_router
+from avatar_api.observability import install_observability
+from avatar_api.observability.router import router as metrics_router
 from avatar_api.photos.router import router as photos_router
 from avatar_api.runtime import run_background
 from avatar_api.settings import Settings
@@ -32,6 +37,7 @@ from avatar_api.storage.router import router as files_router
 from avatar_api.trainers.router import router as training_types_router
 from avatar_api.training.router import router as training_router
 from avatar_api.webhooks.fal_router import router as fal_webhook_router
+from avatar_api.webhooks.router import router as webhook_endpoints_router
 
 logger = logging.getLogger("avatar_api")
 
@@ -96,12 +102,18 @@ def create_app(
     app.state.draining = False
 
     install_error_handlers(app)
+    install_observability(app, settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(health_router)
+    app.include_router(metrics_router)
     app.include_router(avatars_router)
+    app.include_router(users_router)
     app.include_router(training_types_router)
     app.include_router(photos_router)
     app.include_router(training_router)
+    app.include_router(webhook_endpoints_router)
+    app.include_router(generations_router)
+    app.include_router(generation_webhook_router)
     app.include_router(fal_webhook_router)
     app.include_router(files_router)
     if settings.effective_test_mode:

@@ -43,6 +43,7 @@ def build_gateway(
     settings: Settings,
     http: httpx.AsyncClient,
     sessionmaker: async_sessionmaker[AsyncSession],
+    storage: ObjectStorage,
 ) -> TrainerGateway:
     if settings.effective_test_mode:
         from avatar_api.fal.simulator import SimulatorGateway
@@ -51,7 +52,7 @@ def build_gateway(
             "service.test_mode",
             extra={"detail": "TEST MODE: trainings run on the built-in fal simulator, not fal.ai"},
         )
-        return SimulatorGateway(settings=settings, sessionmaker=sessionmaker)
+        return SimulatorGateway(settings=settings, sessionmaker=sessionmaker, storage=storage)
     from avatar_api.fal.client import FalClientGateway
 
     key = settings.fal_key.get_secret_value() if settings.fal_key else None
@@ -75,10 +76,11 @@ def build_services(
     http = http or httpx.AsyncClient(
         timeout=httpx.Timeout(15.0), follow_redirects=False, headers={"User-Agent": "avatar-api"}
     )
+    storage = storage or build_storage(settings)
     return Services(
         settings=settings,
         sessionmaker=sessionmaker,
-        storage=storage or build_storage(settings),
-        gateway=gateway or build_gateway(settings, http, sessionmaker),
+        storage=storage,
+        gateway=gateway or build_gateway(settings, http, sessionmaker, storage),
         http=http,
     )

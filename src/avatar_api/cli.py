@@ -9,11 +9,14 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.settings import Settings, UnsafeConfiguration
+
+if TYPE_CHECKING:
+    from avatar_api.jobs.registry import JobRegistry
 
 T = TypeVar("T")
 
@@ -41,19 +44,19 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
+    from avatar_api.lifecycle import serve
+    from avatar_api.logging_setup import configure_logging
 
     settings.check_production_safety()
-    uvicorn.run(
-        "avatar_api.main:app",
+    configure_logging(level=settings.log_level, fmt=settings.resolved_log_format)
+    # See avatar_api.lifecycle for what SIGTERM does (readiness, drain, grace, lifespan).
+    return serve(
+        settings,
         host=args.host,
         port=args.port,
         workers=args.workers,
-        proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
-        log_config=None,
     )
-    return 0
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -83,30 +86,59 @@ async def _database_reachable(settings: Settings) -> bool:
     return True
 
 
-async def _run_worker(settings: Settings, *, concurrency: int | None) -> None:
+async def _run_worker(
+    settings: Settings,
+    *,
+    concurrency: int | None,
+    registry: JobRegistry | None = None,
+    reconcile: bool = True,
+) -> None:
+    """Run jobs (of ``registry``, default: every kind) until SIGINT/SIGTERM."""
     import signal
 
     from avatar_api.bootstrap import build_services
     from avatar_api.db import create_engine, create_sessionmaker
-    from avatar_api.runtime import run_background
+    from avatar_api.jobs.kinds import build_registry
+    from avatar_api.jobs.worker import Worker
+    from avatar_api.logging_setup import register_secrets
+    from avatar_api.training.reconciler import run_reconciler
 
+    register_secrets(settings)
+    metrics_server = None
+    if settings.metrics_port is not None:
+        from avatar_api.observability.exporter import start_metrics_server
+
+        metrics_server = start_metrics_server(settings)
     engine = create_engine(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
     try:
         services = build_services(settings, create_sessionmaker(engine))
-        # The first signal asks for a graceful stop; in-flight jobs finish or are handed back.
+        worker = Worker(
+            services=services,
+            registry=registry if registry is not None else build_registry(),
+            concurrency=concurrency,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        )
+        # The first signal asks for a graceful stop: no new claims; jobs in flight get
+        # AVATAR_SHUTDOWN_GRACE_SECONDS to finish, the rest are handed back (due at once,
+        # the attempt not counted) for another worker.
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         try:
-            await run_background(services, stop, concurrency=concurrency)
+            tasks = [worker.run(stop)]
+            if reconcile:
+                tasks.append(run_reconciler(services, stop))
+            await asyncio.gather(*tasks)
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await services.aclose()
     finally:
         await engine.dispose()
+        if metrics_server is not None:
+            metrics_server.shutdown()
 
 
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:

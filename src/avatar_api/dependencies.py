@@ -9,8 +9,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from avatar_api import rate_limit
 from avatar_api.auth.service import Principal, authenticate
 from avatar_api.db import session_scope
+from avatar_api.observability.context import bind_principal
 from avatar_api.services import Services
 from avatar_api.settings import Settings
 
@@ -43,10 +45,24 @@ async def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    services: Services = request.app.state.services
+    limit = services.settings.rate_limit_per_minute
+    decision = None
     # Its own short transaction: the request's unit of work starts only when the route
-    # needs it, so long requests (uploads) hold no transaction while they stream.
+    # needs it, so long requests (uploads) hold no transaction while they stream. The
+    # rate-limit count shares it, so it is committed even when the request later fails.
     async with session_scope(request.app.state.sessionmaker) as session:
-        return await authenticate(session, secret=credentials.credentials if credentials else None)
+        principal = await authenticate(
+            session, secret=credentials.credentials if credentials else None
+        )
+        bind_principal(tenant_id=principal.tenant_id, api_key_id=principal.api_key_id)
+        if limit > 0:
+            decision = await rate_limit.count_request(
+                session, key_id=principal.api_key_id, limit=limit, now=services.clock()
+            )
+    if decision is not None:
+        rate_limit.enforce(decision)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

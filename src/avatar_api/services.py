@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,9 +33,11 @@ class Services:
     async def aclose(self) -> None:
         """Release network clients; the process is shutting down."""
         for resource in (self.gateway, self.storage):
-            close = getattr(resource, "aclose", None)
-            if close is not None:
+            close = getattr(resource, "aclose", None) or getattr(resource, "close", None)
+            if close is None:
+                continue
+            if inspect.iscoroutinefunction(close):
                 await close()
-            elif (sync_close := getattr(resource, "close", None)) is not None:
-                await asyncio.to_thread(sync_close)
+            else:
+                await asyncio.to_thread(close)
         await self.http.aclose()

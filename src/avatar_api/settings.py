@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     training_submit_timeout_seconds: float = Field(default=1800.0, gt=0)
     training_hard_timeout_seconds: float = Field(default=6 * 3600.0, gt=0)
     training_max_log_lines: int = Field(default=20, ge=1, le=500)
+    result_max_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    retention_photo_days: int = Field(default=0, ge=0)
 
     # --- test-mode simulator ---
     simulator_queue_seconds: float = Field(default=3.0, ge=0)
@@ -129,6 +131,16 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     webhook_max_attempts: int = Field(default=8, ge=1, le=30)
     webhook_max_endpoints_per_tenant: int = Field(default=20, ge=1, le=1000)
+
+    # --- operations ---
+    metrics_token: SecretStr | None = None
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    rate_limit_per_minute: int = Field(default=120, ge=0)
+    quota_concurrent_trainings: int = Field(default=3, ge=0)
+    quota_trainings_per_day: int = Field(default=20, ge=0)
+    shutdown_grace_seconds: float = Field(default=8.0, gt=0, le=3600)
+    shutdown_drain_delay_seconds: float = Field(default=0.0, ge=0, le=300)
 
     # --- fal.ai (legacy names, no prefix) ---
     fal_key: SecretStr | None = Field(default=None, validation_alias=_fal("FAL_KEY"))

@@ -24,3 +24,9 @@ def result_key(
     tenant_id: uuid.UUID, avatar_id: uuid.UUID, training_id: uuid.UUID, name: str
 ) -> str:
     return f"{avatar_prefix(tenant_id, avatar_id)}results/{training_id}/{name}"
+
+
+def generation_image_key(
+    tenant_id: uuid.UUID, avatar_id: uuid.UUID, generation_id: uuid.UUID, index: int, ext: str
+) -> str:
+    return f"{avatar_prefix(tenant_id, avatar_id)}generations/{generation_id}/{index}.{ext}"

@@ -98,7 +98,10 @@ async def test_get_update_delete(client: httpx.AsyncClient) -> None:
     assert response.json()["metadata"] == {"a": 1}
     assert response.json()["updated_at"] >= avatar["updated_at"]
 
-    assert (await client.delete(url)).status_code == 204
+    receipt = await client.delete(url)
+    assert receipt.status_code == 200
+    assert receipt.json()["avatar_id"] == avatar["id"]
+    assert receipt.json()["database"]["avatars"] == 1
     missing = await client.get(url)
     assert missing.status_code == 404
     assert missing.json()["code"] == "avatar_not_found"

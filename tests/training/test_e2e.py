@@ -115,6 +115,24 @@ async def test_photos_to_completed_in_test_mode(stack: LiveStack) -> None:
     avatar = await json_of(await stack.client.get(f"/v1/avatars/{avatar_id}"), 200)
     assert avatar["status"] == "completed"
     assert await count_events(stack) == 1
+
+    # fal's CDN copy expires: ours is made right away and is what /lora hands out.
+    lora_meta: dict[str, Any] = {}
+
+    async def copied() -> bool:
+        nonlocal lora_meta
+        response = await stack.client.get(f"/v1/avatars/{avatar_id}/lora")
+        if response.status_code == 409:
+            assert response.json()["code"] == "lora_not_ready"
+            return False
+        lora_meta = await json_of(response, 200)
+        return True
+
+    await stack.wait_for(copied)
+    assert "/results/" in lora_meta["download_url"]
+    ours = await stack.client.get(lora_meta["download_url"])
+    assert ours.content == lora.content
+    assert lora_meta["size_bytes"] == len(lora.content)
     history = await json_of(await stack.client.get(f"/v1/avatars/{avatar_id}/trainings"), 200)
     assert [t["id"] for t in history["items"]] == [done["id"]]
     # The simulator checked the archive it downloaded: ten decodable photos.

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from typing import Any
 
 import pytest
 
@@ -219,7 +220,7 @@ async def test_system_resolver_returns_addresses() -> None:
 
 
 def test_private_targets_are_refused_in_production() -> None:
-    safe = {
+    safe: dict[str, Any] = {
         "environment": "production",
         "secret_key": "x" * 40,
         "public_base_url": "https://avatars.example.com",

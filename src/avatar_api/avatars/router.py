@@ -3,17 +3,25 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, status
 
-from avatar_api.avatars import service
+from avatar_api.avatars import deletion, service
 from avatar_api.avatars.errors import AvatarNotEditable, AvatarNotFound, MetadataTooLarge
-from avatar_api.avatars.schemas import AvatarCreate, AvatarPage, AvatarRead, AvatarUpdate
-from avatar_api.dependencies import PrincipalDep, SessionDep, SettingsDep
+from avatar_api.avatars.schemas import (
+    AvatarCreate,
+    AvatarDeletionReceipt,
+    AvatarPage,
+    AvatarRead,
+    AvatarUpdate,
+    UserDeletionReceipt,
+)
+from avatar_api.dependencies import PrincipalDep, ServicesDep, SessionDep, SettingsDep
 from avatar_api.errors import Unauthorized, problem_responses
 from avatar_api.models import AvatarStatus, TrainingType
 from avatar_api.pagination import CursorQuery, InvalidCursor, LimitQuery
 
 router = APIRouter(prefix="/v1/avatars", tags=["avatars"])
+users_router = APIRouter(prefix="/v1/users", tags=["avatars"])
 
 
 @router.post(
@@ -98,13 +106,30 @@ async def update_avatar(
 
 @router.delete(
     "/{avatar_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
     operation_id="delete_avatar",
     responses=problem_responses(Unauthorized, AvatarNotFound),
 )
 async def delete_avatar(
-    avatar_id: uuid.UUID, principal: PrincipalDep, session: SessionDep
-) -> Response:
-    """Delete an avatar and everything stored for it."""
-    await service.delete_avatar(session, principal=principal, avatar_id=avatar_id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    avatar_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, services: ServicesDep
+) -> AvatarDeletionReceipt:
+    """Delete an avatar and everything of it, here, in storage and at fal; returns a receipt."""
+    return await deletion.delete_avatar(
+        session, services=services, principal=principal, avatar_id=avatar_id
+    )
+
+
+@users_router.delete(
+    "/{external_user_id}",
+    operation_id="delete_user",
+    responses=problem_responses(Unauthorized),
+)
+async def delete_user(
+    external_user_id: Annotated[str, Path(min_length=1, max_length=128)],
+    principal: PrincipalDep,
+    session: SessionDep,
+    services: ServicesDep,
+) -> UserDeletionReceipt:
+    """Erase every avatar of one of your users (by your external_user_id); returns receipts."""
+    return await deletion.delete_user(
+        session, services=services, principal=principal, external_user_id=external_user_id
+    )

@@ -68,3 +68,35 @@ class AvatarPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` to get the next page; null on the last page."
     )
+
+
+class DeletedRecords(BaseModel):
+    avatars: int
+    photos: int
+    trainings: int
+    generations: int = 0
+
+
+class ProviderCleanup(BaseModel):
+    request_id: str
+    endpoint: str
+    cancel_requested: bool = Field(description="The request was still running at fal.")
+    payload_deletion: str = Field(
+        description="`queued`: fal is asked (with retries) to delete its stored inputs/outputs."
+    )
+
+
+class AvatarDeletionReceipt(BaseModel):
+    avatar_id: uuid.UUID
+    external_user_id: str | None
+    deleted_at: datetime
+    database: DeletedRecords
+    storage_objects_deleted: int = Field(
+        description="Photos, archives, LoRA files and images removed from storage."
+    )
+    provider: list[ProviderCleanup]
+
+
+class UserDeletionReceipt(BaseModel):
+    external_user_id: str
+    avatars: list[AvatarDeletionReceipt]

@@ -128,11 +128,3 @@ async def update_avatar(
     session.add(avatar)
     await session.flush()
     return avatar
-
-
-async def delete_avatar(
-    session: AsyncSession, *, principal: Principal, avatar_id: uuid.UUID
-) -> None:
-    avatar = await get_avatar(session, principal=principal, avatar_id=avatar_id, for_update=True)
-    await session.delete(avatar)
-    await session.flush()

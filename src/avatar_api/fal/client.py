@@ -50,6 +50,7 @@ from avatar_api.fal.gateway import (
     FalSubmitAmbiguous,
     Submission,
 )
+from avatar_api.fal.telemetry import log_fal_call
 
 logger = logging.getLogger("avatar_api.fal")
 
@@ -468,14 +469,16 @@ def _log_call(
     error_type: str | None = None,
     error: str | None = None,
 ) -> None:
-    fields: dict[str, object | None] = {
-        "endpoint": endpoint,
-        "request_id": request_id,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-        "outcome": outcome,
-        "status_code": status_code,
-        "error_type": error_type,
-        "error": error,
-    }
-    extra = {name: value for name, value in fields.items() if value is not None}
-    logger.log(level, event, extra=extra)
+    log_fal_call(
+        logger,
+        level,
+        event,
+        backend="fal",
+        endpoint=endpoint,
+        request_id=request_id,
+        started=started,
+        outcome=outcome,
+        status_code=status_code,
+        error_type=error_type,
+        error=error,
+    )

@@ -7,6 +7,10 @@ signed exactly like fal's (ED25519 over request id, user id, timestamp and body 
 its own key and JWKS. Its state lives in the database and its work runs on the job engine,
 so it works across API and worker processes. It is selected only by test mode; it never
 replaces fal on its own.
+
+It also plays the two generation endpoints: ``fal-ai/flux-lora`` (downloads and checks the
+LoRA file it is given) and ``fal-ai/flux-pro/v1.1-ultra-finetuned`` (knows only the
+finetune ids it issued), and answers with real JPEG/PNG images of the requested size.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import io
 import json
 import logging
 import math
+import re
 import struct
 import tempfile
 import uuid
@@ -27,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from PIL import Image
+from PIL import Image, ImageDraw
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -39,6 +44,7 @@ from avatar_api.fal.gateway import (
     FalStatus,
     Submission,
 )
+from avatar_api.fal.telemetry import observed_fal_call
 from avatar_api.fal.webhook_signature import FalWebhookSigner
 from avatar_api.jobs.errors import PermanentJobError, RetryableJobError
 from avatar_api.jobs.queue import enqueue
@@ -46,6 +52,7 @@ from avatar_api.jobs.registry import JobContext, JobKind
 from avatar_api.models import SimulatedRequest
 from avatar_api.settings import Settings, SimulatorFailure
 from avatar_api.storage.base import ObjectStorage
+from avatar_api.trainers.base import ASPECT_RATIOS, IMAGE_SIZES, ratio_size
 
 logger = logging.getLogger("avatar_api.fal.simulator")
 
@@ -130,12 +137,15 @@ class SimulatorGateway:
         *,
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
+        storage: ObjectStorage | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._settings = settings
         self._sessionmaker = sessionmaker
+        self._storage = storage
         self._clock = clock
 
+    @observed_fal_call(logger, "fal.submit", backend="simulator")
     async def submit(
         self,
         endpoint: str,
@@ -145,11 +155,18 @@ class SimulatorGateway:
         store_io: bool = False,
     ) -> Submission:
         field = _ARCHIVE_FIELD.get(endpoint)
-        if field is None:
+        if endpoint in GENERATION_ENDPOINTS:
+            check_generation_input(endpoint, arguments)
+        elif field is None:
             raise FalPermanentError(f"Application '{endpoint}' not found", status_code=404)
-        if not isinstance(arguments.get(field), str):
+        elif not isinstance(arguments.get(field), str):
             raise FalPermanentError(f"{field}: field required", status_code=422)
-        steps = arguments.get("steps") or arguments.get("iterations") or 100
+        steps = (
+            arguments.get("steps")
+            or arguments.get("iterations")
+            or arguments.get("num_inference_steps")
+            or 100
+        )
         request_id = str(uuid.uuid4())
         async with session_scope(self._sessionmaker) as session:
             session.add(
@@ -175,6 +192,7 @@ class SimulatorGateway:
             raise FalPermanentError("Request not found", status_code=404)
         return row
 
+    @observed_fal_call(logger, "fal.status", backend="simulator")
     async def status(self, endpoint: str, request_id: str) -> FalStatus:
         row = await self._get(request_id)
         elapsed = (self._clock() - row.submitted_at).total_seconds()
@@ -185,7 +203,7 @@ class SimulatorGateway:
         if row.completed_at is not None:
             return FalStatus(
                 state=FalState.COMPLETED,
-                logs=[f"Training step {row.total_steps}/{row.total_steps}"],
+                logs=[f"{_step_label(row)} {row.total_steps}/{row.total_steps}"],
                 error=row.error,
                 error_type="runner_error" if row.error else None,
             )
@@ -196,15 +214,17 @@ class SimulatorGateway:
         fraction = min(1.0, (elapsed - row.queue_seconds) / max(row.train_seconds, 0.001))
         done = int(fraction * row.total_steps)
         return FalStatus(
-            state=FalState.IN_PROGRESS, logs=[f"Training step {done}/{row.total_steps}"]
+            state=FalState.IN_PROGRESS, logs=[f"{_step_label(row)} {done}/{row.total_steps}"]
         )
 
+    @observed_fal_call(logger, "fal.result", backend="simulator")
     async def result(self, endpoint: str, request_id: str) -> dict[str, object]:
         row = await self._get(request_id)
         if row.completed_at is None or row.result is None:
             raise FalPermanentError("Request is not completed", status_code=400)
         return dict(row.result)
 
+    @observed_fal_call(logger, "fal.cancel", backend="simulator")
     async def cancel(self, endpoint: str, request_id: str) -> CancelOutcome:
         async with session_scope(self._sessionmaker) as session:
             row = await session.get(SimulatedRequest, request_id)
@@ -216,6 +236,7 @@ class SimulatorGateway:
             session.add(row)
         return CancelOutcome.CANCELLATION_REQUESTED
 
+    @observed_fal_call(logger, "fal.delete_payloads", backend="simulator")
     async def delete_payloads(self, request_id: str) -> bool:
         async with session_scope(self._sessionmaker) as session:
             row = await session.get(SimulatedRequest, request_id)
@@ -224,13 +245,18 @@ class SimulatorGateway:
             row.arguments = {}
             row.result = None
             session.add(row)
+        # Like fal's CDN copies of outputs, the simulator's result files go too.
+        if self._storage is not None:
+            await self._storage.delete_prefix(f"simulator/{request_id}/")
         return True
 
 
 # --- the simulator's own work, run by the job engine ------------------------------------------
 
 
-async def _download(http: httpx.AsyncClient, url: str, path: Path) -> None:
+async def _download(
+    http: httpx.AsyncClient, url: str, path: Path, *, limit: int = MAX_ARCHIVE_BYTES
+) -> None:
     async with http.stream("GET", url, timeout=60.0) as response:
         if response.status_code != 200:
             raise PermanentJobError(f"archive download answered {response.status_code}")
@@ -238,8 +264,8 @@ async def _download(http: httpx.AsyncClient, url: str, path: Path) -> None:
         with path.open("wb") as fh:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
-                if size > MAX_ARCHIVE_BYTES:
-                    raise PermanentJobError("archive too large")
+                if size > limit:
+                    raise PermanentJobError("file too large")
                 fh.write(chunk)
 
 
@@ -252,15 +278,18 @@ async def process_request(ctx: JobContext) -> None:
         row = await session.get(SimulatedRequest, request_id)
     if row is None:
         return
-    url = row.arguments.get(_ARCHIVE_FIELD[row.endpoint])
     error: str | None = None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "archive.zip"
-        try:
-            await _download(ctx.services.http, str(url), path)
-            _, error = await asyncio.to_thread(_check_archive, path, _MIN_IMAGES[row.endpoint])
-        except (httpx.HTTPError, PermanentJobError) as exc:
-            error = f"Could not download the training archive: {exc}"
+    if row.endpoint in GENERATION_ENDPOINTS:
+        error = await _check_generation_files(ctx.services.http, row)
+    else:
+        url = row.arguments.get(_ARCHIVE_FIELD[row.endpoint])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "archive.zip"
+            try:
+                await _download(ctx.services.http, str(url), path)
+                _, error = await asyncio.to_thread(_check_archive, path, _MIN_IMAGES[row.endpoint])
+            except (httpx.HTTPError, PermanentJobError) as exc:
+                error = f"Could not download the training archive: {exc}"
     if error is None and settings.simulator_failure is SimulatorFailure.trainer_error:
         error = "Simulated trainer failure (AVATAR_SIMULATOR_FAILURE=trainer_error)."
     row = await ctx.session.get(SimulatedRequest, request_id)
@@ -275,6 +304,8 @@ async def process_request(ctx: JobContext) -> None:
 
 
 async def _store_result(storage: ObjectStorage, row: SimulatedRequest) -> dict[str, Any]:
+    if row.endpoint in GENERATION_ENDPOINTS:
+        return await _store_images(storage, row)
     if row.endpoint == "fal-ai/flux-pro-trainer":
         return {"finetune_id": f"sim-finetune-{row.request_id}"}
     prefix = f"simulator/{row.request_id}/"
@@ -361,6 +392,184 @@ async def deliver_webhook(ctx: JobContext) -> None:
         raise RetryableJobError(f"webhook delivery failed: {exc}") from exc
     if not response.is_success:
         raise RetryableJobError(f"webhook answered {response.status_code}")
+
+
+# --- generation endpoints --------------------------------------------------------------------
+
+FLUX_LORA = "fal-ai/flux-lora"
+FLUX_PRO_FINETUNED = "fal-ai/flux-pro/v1.1-ultra-finetuned"
+GENERATION_ENDPOINTS = frozenset({FLUX_LORA, FLUX_PRO_FINETUNED})
+MAX_LORA_BYTES = 2 * 1024 * 1024 * 1024
+_SIM_FINETUNE_ID = re.compile(
+    r"sim-finetune-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+)
+_OUTPUT_FORMATS = {"jpeg": ("JPEG", "image/jpeg", "jpg"), "png": ("PNG", "image/png", "png")}
+
+
+def _step_label(row: SimulatedRequest) -> str:
+    return "Generating, step" if row.endpoint in GENERATION_ENDPOINTS else "Training step"
+
+
+def _invalid(field: str, message: str) -> FalPermanentError:
+    return FalPermanentError(f"{field}: {message}", status_code=422)
+
+
+def _number_in(arguments: Mapping[str, object], name: str, low: float, high: float) -> None:
+    value = arguments.get(name)
+    if value is None:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+        raise _invalid(name, f"must be a number between {low} and {high}")
+
+
+def check_generation_input(endpoint: str, arguments: Mapping[str, object]) -> None:
+    """Refuse what fal's generation endpoints refuse (a 422 at submit)."""
+    prompt = arguments.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise _invalid("prompt", "field required")
+    num_images = arguments.get("num_images", 1)
+    if not isinstance(num_images, int) or not 1 <= num_images <= 4:
+        raise _invalid("num_images", "must be between 1 and 4")
+    if arguments.get("output_format", "jpeg") not in _OUTPUT_FORMATS:
+        raise _invalid("output_format", "must be jpeg or png")
+    _number_in(arguments, "seed", 0, 2**32 - 1)
+    if endpoint == FLUX_LORA:
+        loras = arguments.get("loras")
+        if not isinstance(loras, list) or not loras:
+            raise _invalid("loras", "at least one LoRA is required")
+        for index, lora in enumerate(loras):
+            if not isinstance(lora, Mapping) or not isinstance(lora.get("path"), str):
+                raise _invalid(f"loras[{index}].path", "field required")
+            _number_in(lora, "scale", 0, 4)
+        size = arguments.get("image_size", "landscape_4_3")
+        if isinstance(size, Mapping):
+            for side in ("width", "height"):
+                if not isinstance(size.get(side), int) or not 64 <= size[side] <= 14142:
+                    raise _invalid(f"image_size.{side}", "must be between 64 and 14142")
+        elif size not in IMAGE_SIZES:
+            raise _invalid("image_size", f"unknown size {size!r}")
+        _number_in(arguments, "num_inference_steps", 1, 50)
+        _number_in(arguments, "guidance_scale", 0, 35)
+    else:
+        finetune_id = arguments.get("finetune_id")
+        if not isinstance(finetune_id, str) or not _SIM_FINETUNE_ID.fullmatch(finetune_id):
+            raise _invalid("finetune_id", "unknown finetune")
+        if "finetune_strength" not in arguments:
+            raise _invalid("finetune_strength", "field required")
+        _number_in(arguments, "finetune_strength", 0, 2)
+        if arguments.get("aspect_ratio", "16:9") not in ASPECT_RATIOS:
+            raise _invalid("aspect_ratio", "unknown aspect ratio")
+
+
+def check_safetensors(path: Path) -> str | None:
+    """Why ``path`` is not a loadable .safetensors file, or ``None`` when it is."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return "The LoRA file is not a safetensors file (too short)."
+        (length,) = struct.unpack("<Q", head)
+        if length > min(size - 8, 100 * 1024 * 1024):
+            return "The LoRA file is not a safetensors file (bad header length)."
+        try:
+            header = json.loads(fh.read(length))
+        except ValueError:
+            return "The LoRA file is not a safetensors file (unreadable header)."
+    if not isinstance(header, dict):
+        return "The LoRA file is not a safetensors file (header is not an object)."
+    data_size = size - 8 - length
+    tensors = {name: info for name, info in header.items() if name != "__metadata__"}
+    if not tensors:
+        return "The LoRA file holds no tensors."
+    for name, info in tensors.items():
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_size
+        ):
+            return f"The LoRA file's tensor {name!r} lies outside the file."
+    return None
+
+
+async def _check_generation_files(http: httpx.AsyncClient, row: SimulatedRequest) -> str | None:
+    """flux-lora downloads the LoRA file it was given; a bad one fails the request."""
+    if row.endpoint != FLUX_LORA:
+        return None
+    loras = row.arguments.get("loras") or []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "lora.safetensors"
+        for lora in loras:
+            try:
+                await _download(http, str(lora["path"]), path, limit=MAX_LORA_BYTES)
+            except (httpx.HTTPError, PermanentJobError) as exc:
+                return f"Could not download the LoRA file: {exc}"
+            error = await asyncio.to_thread(check_safetensors, path)
+            if error is not None:
+                return error
+    return None
+
+
+def _image_sizes(row: SimulatedRequest) -> tuple[int, int]:
+    if row.endpoint == FLUX_LORA:
+        size = row.arguments.get("image_size", "landscape_4_3")
+        if isinstance(size, Mapping):
+            return int(size["width"]), int(size["height"])
+        return IMAGE_SIZES[str(size)]
+    # FLUX ultra renders about 4 MP; the simulator keeps to about 1 MP at the same ratio.
+    return ratio_size(str(row.arguments.get("aspect_ratio", "16:9")))
+
+
+def render_image(width: int, height: int, *, seed: int, index: int, output_format: str) -> bytes:
+    """A real, decodable image: a two-colour gradient chosen by the seed, with the seed on it."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    start, end = tuple(digest[0:3]), tuple(digest[3:6])
+    mask = Image.linear_gradient("L")
+    if digest[6] & 1:
+        mask = mask.transpose(Image.Transpose.ROTATE_90)
+    mask = mask.resize((width, height), Image.Resampling.BILINEAR)
+    image = Image.composite(
+        Image.new("RGB", (width, height), start), Image.new("RGB", (width, height), end), mask
+    )
+    ImageDraw.Draw(image).text((16, 16), f"simulator seed {seed} image {index}", fill=(0, 0, 0))
+    buffer = io.BytesIO()
+    pil_format = _OUTPUT_FORMATS[output_format][0]
+    image.save(buffer, format=pil_format, **({"quality": 85} if pil_format == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+async def _store_images(storage: ObjectStorage, row: SimulatedRequest) -> dict[str, Any]:
+    arguments = row.arguments
+    seed = arguments.get("seed")
+    if not isinstance(seed, int):
+        seed = int.from_bytes(hashlib.sha256(row.request_id.encode()).digest()[:4], "big")
+    output_format = str(arguments.get("output_format", "jpeg"))
+    _, content_type, ext = _OUTPUT_FORMATS[output_format]
+    width, height = _image_sizes(row)
+    count = int(arguments.get("num_images", 1))
+    images = []
+    for index in range(count):
+        data = await asyncio.to_thread(
+            render_image, width, height, seed=seed, index=index, output_format=output_format
+        )
+        key = f"simulator/{row.request_id}/image_{index}.{ext}"
+        await storage.put_bytes(key, data, content_type=content_type)
+        images.append(
+            {
+                "url": await storage.download_url(key, expires_in=7 * 24 * 3600),
+                "width": width,
+                "height": height,
+                "content_type": content_type,
+            }
+        )
+    return {
+        "images": images,
+        "seed": seed,
+        "has_nsfw_concepts": [False] * count,
+        "prompt": arguments.get("prompt"),
+        "timings": {"inference": row.train_seconds},
+    }
 
 
 SIMULATOR_JOB_KINDS = [

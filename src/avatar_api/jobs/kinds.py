@@ -10,9 +10,22 @@ from avatar_api.jobs.registry import JobRegistry
 
 
 def build_registry() -> JobRegistry:
+    from avatar_api.avatars.deletion import DELETION_JOB_KINDS
     from avatar_api.fal.simulator import SIMULATOR_JOB_KINDS
+    from avatar_api.generations.tasks import GENERATION_JOB_KINDS
+    from avatar_api.training.results import RESULT_JOB_KINDS
     from avatar_api.training.tasks import TRAINING_JOB_KINDS
+    from avatar_api.webhooks.delivery import WEBHOOK_JOB_KINDS
 
     # The simulator's kinds are always registered: jobs it enqueued in test mode must not
     # be stranded if a worker restarts with another configuration.
-    return JobRegistry([*TRAINING_JOB_KINDS, *SIMULATOR_JOB_KINDS])
+    return JobRegistry(
+        [
+            *TRAINING_JOB_KINDS,
+            *GENERATION_JOB_KINDS,
+            *RESULT_JOB_KINDS,
+            *DELETION_JOB_KINDS,
+            *WEBHOOK_JOB_KINDS,
+            *SIMULATOR_JOB_KINDS,
+        ]
+    )

@@ -1,7 +1,9 @@
 """Every table, imported in one place so Alembic and create_all see them all."""
 
 from avatar_api.models.avatar import Avatar, AvatarStatus, Gender, TrainingType
+from avatar_api.models.generation import Generation, GenerationStatus, GenerationWebhookEvent
 from avatar_api.models.job import Job, JobStatus
+from avatar_api.models.operations import RateLimitWindow
 from avatar_api.models.photo import Photo
 from avatar_api.models.tenant import ApiKey, Tenant
 from avatar_api.models.training import (
@@ -19,10 +21,14 @@ __all__ = [
     "AvatarStatus",
     "FalWebhookEvent",
     "Gender",
+    "Generation",
+    "GenerationStatus",
+    "GenerationWebhookEvent",
     "IdempotencyKey",
     "Job",
     "JobStatus",
     "Photo",
+    "RateLimitWindow",
     "SimulatedRequest",
     "Tenant",
     "Training",

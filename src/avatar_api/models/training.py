@@ -63,6 +63,10 @@ class Training(SQLModel, table=True):
     lora_size: int | None = None
     config_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     finetune_id: str | None = Field(default=None, max_length=128)
+    # Our own copies of the result files (fal's CDN URLs expire).
+    lora_key: str | None = Field(default=None, max_length=512)
+    config_key: str | None = Field(default=None, max_length=512)
+    result_copied_at: datetime | None = _ts()
     created_at: datetime = created_at_field()
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     submit_started_at: datetime | None = _ts()

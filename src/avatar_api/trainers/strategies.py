@@ -10,17 +10,48 @@ from pydantic import BaseModel, ConfigDict, Field
 from avatar_api.models import TrainingType
 from avatar_api.settings import Settings, StyleTrainer
 from avatar_api.trainers.base import (
+    GenerationRequest,
+    InvalidGenerationInput,
     InvalidTrainerOutput,
     Preset,
     TrainerResult,
     TrainerStrategy,
     TrainingRequest,
+    lora_image_size,
     parse_lora_output,
+    portrait_prompt,
+    style_prompt,
+    ultra_aspect_ratio,
     validate_overrides,
 )
 
 FLUX_LORA = "fal-ai/flux-lora"
 FLUX_PRO_FINETUNED = "fal-ai/flux-pro/v1.1-ultra-finetuned"
+DEFAULT_INFERENCE_STEPS = 28
+DEFAULT_GUIDANCE_SCALE = 3.5
+# fal's default for FLUX ultra: 1 (strict) .. 6 (permissive).
+SAFETY_TOLERANCE = "2"
+
+
+def flux_lora_input(request: GenerationRequest, prompt: str) -> dict[str, Any]:
+    """``fal-ai/flux-lora`` with the avatar's LoRA file."""
+    if not request.lora_path:
+        raise InvalidTrainerOutput("the training has no LoRA file")
+    fal_input: dict[str, Any] = {
+        "prompt": prompt,
+        "loras": [{"path": request.lora_path, "scale": request.strength}],
+        "image_size": lora_image_size(request),
+        "num_inference_steps": request.num_inference_steps or DEFAULT_INFERENCE_STEPS,
+        "guidance_scale": (
+            DEFAULT_GUIDANCE_SCALE if request.guidance_scale is None else request.guidance_scale
+        ),
+        "num_images": request.num_images,
+        "enable_safety_checker": True,
+        "output_format": request.output_format,
+    }
+    if request.seed is not None:
+        fal_input["seed"] = request.seed
+    return fal_input
 
 
 class PortraitOverrides(BaseModel):
@@ -81,6 +112,10 @@ class PortraitStrategy:
 
     def parse_result(self, output: Mapping[str, Any]) -> TrainerResult:
         return parse_lora_output(output)
+
+    def build_generation_input(self, request: GenerationRequest) -> dict[str, Any]:
+        prompt = portrait_prompt(request.prompt, request.trigger_phrase, request.gender)
+        return flux_lora_input(request, prompt)
 
 
 class ProStyleOverrides(BaseModel):
@@ -144,6 +179,28 @@ class ProStyleStrategy:
             raise InvalidTrainerOutput("fal output has no finetune_id")
         return TrainerResult(finetune_id=finetune_id)
 
+    def build_generation_input(self, request: GenerationRequest) -> dict[str, Any]:
+        # FLUX ultra has no sampler knobs: refusing them beats silently ignoring them.
+        for name in ("guidance_scale", "num_inference_steps"):
+            if getattr(request, name) is not None:
+                raise InvalidGenerationInput(
+                    name, "not supported for avatars trained as a FLUX Pro finetune"
+                )
+        if not request.finetune_id:
+            raise InvalidTrainerOutput("the training has no finetune id")
+        fal_input: dict[str, Any] = {
+            "prompt": style_prompt(request.prompt, request.trigger_phrase),
+            "finetune_id": request.finetune_id,
+            "finetune_strength": request.strength,
+            "aspect_ratio": ultra_aspect_ratio(request),
+            "num_images": request.num_images,
+            "output_format": request.output_format,
+            "safety_tolerance": SAFETY_TOLERANCE,
+        }
+        if request.seed is not None:
+            fal_input["seed"] = request.seed
+        return fal_input
+
 
 class FastStyleOverrides(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -188,6 +245,9 @@ class FastStyleStrategy:
 
     def parse_result(self, output: Mapping[str, Any]) -> TrainerResult:
         return parse_lora_output(output)
+
+    def build_generation_input(self, request: GenerationRequest) -> dict[str, Any]:
+        return flux_lora_input(request, style_prompt(request.prompt, request.trigger_phrase))
 
 
 def get_strategy(training_type: TrainingType, settings: Settings) -> TrainerStrategy:

@@ -12,9 +12,11 @@ import logging
 from datetime import timedelta
 
 from avatar_api.db import session_scope
+from avatar_api.generations.tasks import reconcile_generations
 from avatar_api.jobs.queue import enqueue
 from avatar_api.services import Services
 from avatar_api.training import repository
+from avatar_api.training.retention import apply_retention
 from avatar_api.training.service import CANCEL_REMOTE_JOB
 from avatar_api.training.tasks import POLL_JOB, fail_training
 
@@ -86,6 +88,8 @@ async def reconcile_once(services: Services) -> dict[str, int]:
                     dedupe_key=f"cancel:{candidate.id}",
                 )
                 counts["timed_out"] += 1
+    counts.update(await reconcile_generations(services))
+    counts["retention"] = await apply_retention(services)
     if any(counts.values()):
         logger.info("training.reconciled", extra=counts)
     return counts

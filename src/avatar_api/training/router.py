@@ -20,7 +20,8 @@ from avatar_api.training.errors import (
     TrainingNotFound,
 )
 from avatar_api.training.idempotent import start_training_idempotently
-from avatar_api.training.schemas import TrainingPage, TrainingRead, TrainingStart
+from avatar_api.training.results import LoraNotAvailable, LoraNotReady, lora_download
+from avatar_api.training.schemas import LoraDownload, TrainingPage, TrainingRead, TrainingStart
 
 router = APIRouter(prefix="/v1/avatars/{avatar_id}", tags=["training"])
 
@@ -116,3 +117,15 @@ async def cancel_training(
     return service.to_read(
         await service.cancel_training(session, principal=principal, avatar_id=avatar_id)
     )
+
+
+@router.get(
+    "/lora",
+    operation_id="get_avatar_lora",
+    responses=problem_responses(Unauthorized, AvatarNotFound, LoraNotAvailable, LoraNotReady),
+)
+async def get_avatar_lora(
+    avatar_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, services: ServicesDep
+) -> LoraDownload:
+    """Get a short-lived download URL of the avatar's trained LoRA file (our copy)."""
+    return await lora_download(session, services=services, principal=principal, avatar_id=avatar_id)

@@ -68,3 +68,11 @@ class TrainingRead(BaseModel):
 class TrainingPage(BaseModel):
     items: list[TrainingRead]
     next_cursor: str | None
+
+
+class LoraDownload(BaseModel):
+    training_id: uuid.UUID
+    download_url: str = Field(description="Short-lived URL of our copy of the LoRA file.")
+    expires_at: datetime
+    size_bytes: int | None
+    trigger_phrase: str = Field(description="Put it in prompts to call up the subject.")

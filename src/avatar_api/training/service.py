@@ -13,6 +13,7 @@ from avatar_api.jobs.queue import enqueue
 from avatar_api.models import Avatar, AvatarStatus, Training, TrainingStatus
 from avatar_api.pagination import Cursor
 from avatar_api.photos.repository import count_for_avatar
+from avatar_api.quotas import check_training_quotas
 from avatar_api.services import Services
 from avatar_api.trainers import get_strategy
 from avatar_api.trainers.service import photo_bounds
@@ -101,6 +102,7 @@ async def start_training(
         raise NotEnoughPhotos(f"The avatar has {count} photos; training needs at least {low}.")
     if count > high:
         raise TooManyPhotos(f"The avatar has {count} photos; training takes at most {high}.")
+    await check_training_quotas(session, settings=settings, tenant_id=avatar.tenant_id)
     strategy = get_strategy(avatar.training_type, settings)
     parameters = strategy.resolve_parameters(data.preset, data.overrides)
     training = Training(

@@ -60,6 +60,9 @@ async def set_training_status(
     if target in TERMINAL:
         training.completed_at = now
         training.queue_position = None
+        from avatar_api.observability.metrics import observe_training_finished
+
+        observe_training_finished(session, training, avatar)
     avatar_target = _AVATAR_STATUS.get(target)
     if avatar_target is not None and avatar.status is not avatar_target:
         set_avatar_status(avatar, avatar_target)

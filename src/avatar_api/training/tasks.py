@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from avatar_api.db import session_scope, utcnow
 from avatar_api.fal.gateway import (
     CancelOutcome,
+    FalCredentialsMissing,
     FalPermanentError,
     FalRetriableError,
     FalState,
@@ -36,6 +37,7 @@ from avatar_api.trainers.base import InvalidTrainerOutput
 from avatar_api.training import repository
 from avatar_api.training.archive import build_archive
 from avatar_api.training.events import notify
+from avatar_api.training.results import COPY_RESULT_JOB
 from avatar_api.training.service import CANCEL_REMOTE_JOB, SUBMIT_JOB
 from avatar_api.training.state import TERMINAL, set_training_status
 from avatar_api.training.tokens import webhook_url
@@ -261,6 +263,13 @@ async def complete_training(
     if training.progress_total:
         training.progress_steps = training.progress_total
     await set_training_status(session, training, avatar, TrainingStatus.completed)
+    if training.lora_url is not None:
+        await enqueue(
+            session,
+            kind=COPY_RESULT_JOB,
+            payload={"training_id": str(training.id)},
+            dedupe_key=f"copy:{training.id}",
+        )
     await notify(session, training, avatar)
     logger.info("avatar.training_completed", extra=_log_context(training))
     return True
@@ -276,10 +285,22 @@ async def poll_training(ctx: JobContext) -> None:
     try:
         status = await services.gateway.status(training.endpoint, training.request_id)
         output = None
-        if status.state is FalState.COMPLETED and status.error is None:
+        if status.state is FalState.COMPLETED and not status.failed:
             output = await services.gateway.result(training.endpoint, training.request_id)
     except FalRetriableError as exc:
         raise RetryableJobError(f"fal status unavailable: {exc}") from exc
+    except FalPermanentError as exc:
+        if isinstance(exc, FalCredentialsMissing) or exc.status_code in (401, 403):
+            raise  # our key is at fault, not this training: keep it and retry
+        # fal no longer knows the request, or its result is gone (kept about an hour):
+        # asking again cannot change the answer.
+        async with session_scope(services.sessionmaker) as session:
+            locked = await repository.lock_with_avatar(session, training_id=training_id)
+            if locked is not None:
+                await fail_training(
+                    session, *locked, code="fal_error", message=f"fal cannot report on it: {exc}"
+                )
+        return
     async with session_scope(services.sessionmaker) as session:
         locked = await repository.lock_with_avatar(session, training_id=training_id)
         if locked is None:
@@ -289,13 +310,13 @@ async def poll_training(ctx: JobContext) -> None:
             session, training, avatar, status, max_logs=services.settings.training_max_log_lines
         )
         if status.state is FalState.COMPLETED:
-            if status.error is not None:
+            if status.failed:
                 await fail_training(
                     session,
                     training,
                     avatar,
                     code=f"fal_{status.error_type or 'error'}",
-                    message=status.error,
+                    message=status.error or f"fal reported a failure ({status.error_type})",
                 )
             elif output is not None:
                 await complete_training(session, training, avatar, output, services)

@@ -40,6 +40,7 @@ from avatar_api.jobs.errors import PermanentJobError, RetryableJobError
 from avatar_api.jobs.registry import JobContext, JobKind
 from avatar_api.models import WebhookDeliveryStatus
 from avatar_api.models.job import Job
+from avatar_api.observability.metrics import WEBHOOK_DELIVERIES
 from avatar_api.webhooks import repository
 from avatar_api.webhooks.events import DELIVER_JOB_KIND
 from avatar_api.webhooks.signing import SecretUnreadable, decrypt_secret, signature_headers
@@ -128,7 +129,7 @@ async def post_pinned(
                     return response.status_code
             except httpx.ConnectError as exc:
                 # Nothing was sent, so another address may be tried.
-                errors.append(f"{address}: {exc or type(exc).__name__}")
+                errors.append(f"{address}: {str(exc) or type(exc).__name__}")
     raise DeliveryFailed("Could not connect: " + "; ".join(errors))
 
 
@@ -165,6 +166,7 @@ class _Deliverer:
                 last_error=_clip(f"Not sent: the endpoint is disabled ({reason})."),
                 next_attempt_at=None,
             )
+            WEBHOOK_DELIVERIES.labels(outcome="endpoint_disabled").inc()
             return
         if ctx.attempt > settings.webhook_max_attempts:
             # AVATAR_WEBHOOK_MAX_ATTEMPTS was lowered while this delivery waited.
@@ -204,6 +206,7 @@ class _Deliverer:
                 delivered_at=now,
             )
             logger.info("webhook.delivered", extra=log)
+            WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
             return
         if outcome.status_code == 410:
             # The receiver says the URL is gone for good: stop sending it anything.
@@ -220,6 +223,7 @@ class _Deliverer:
                 next_attempt_at=None,
             )
             logger.warning("webhook.endpoint_disabled", extra=log)
+            WEBHOOK_DELIVERIES.labels(outcome="gone").inc()
             return
 
         final = ctx.attempt >= settings.webhook_max_attempts
@@ -235,6 +239,7 @@ class _Deliverer:
                 next_attempt_at=None if delay is None else now + timedelta(seconds=delay),
             )
         logger.warning("webhook.attempt_failed", extra={**log, "error": outcome.error})
+        WEBHOOK_DELIVERIES.labels(outcome="failed" if delay is None else "retry").inc()
         if delay is None:
             raise PermanentJobError(
                 f"Gave up after {ctx.attempt} attempts: {outcome.error}",
@@ -274,7 +279,7 @@ class _Deliverer:
                 )
         except UnsafeTarget as exc:
             return _Outcome(None, f"Target refused: {exc}")
-        except TimeoutError:
+        except (TimeoutError, httpx.TimeoutException):
             return _Outcome(None, f"No response within {timeout_seconds:g} s.")
         except DeliveryFailed as exc:
             return _Outcome(None, str(exc))

@@ -1,0 +1,152 @@
+"""Erasing an avatar: here, in storage, and at the provider, with a receipt.
+
+Everything a caller uploaded or we produced for an avatar lives under one storage prefix,
+so storage is erased with one prefix delete. It runs before the rows' deletion commits: if
+it fails, the request fails and the avatar is still there to delete again. fal is asked to
+cancel what still runs and to delete its stored payloads through jobs, which retry and do
+not depend on the rows that are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from avatar_api.auth.service import Principal
+from avatar_api.avatars.schemas import (
+    AvatarDeletionReceipt,
+    DeletedRecords,
+    ProviderCleanup,
+    UserDeletionReceipt,
+)
+from avatar_api.avatars.service import get_avatar
+from avatar_api.db import utcnow
+from avatar_api.fal.gateway import FalRetriableError
+from avatar_api.jobs.errors import RetryableJobError
+from avatar_api.jobs.queue import enqueue
+from avatar_api.jobs.registry import JobContext, JobKind
+from avatar_api.models import Avatar, Photo, Training
+from avatar_api.services import Services
+from avatar_api.storage_keys import avatar_prefix
+from avatar_api.training.state import ACTIVE
+from avatar_api.webhooks.events import WebhookEventType, emit_event
+
+logger = logging.getLogger("avatar_api.avatars")
+
+PROVIDER_CLEANUP_JOB = "fal.cleanup_request"
+
+
+async def _count(
+    session: AsyncSession, model: type[Photo] | type[Training], avatar_id: uuid.UUID
+) -> int:
+    stmt = select(func.count()).select_from(model).where(col(model.avatar_id) == avatar_id)
+    return int((await session.exec(stmt)).one())
+
+
+async def erase_avatar(
+    session: AsyncSession, *, services: Services, avatar: Avatar
+) -> AvatarDeletionReceipt:
+    """Delete one avatar (row already locked by the caller) and everything it owns."""
+    trainings = list(
+        (await session.exec(select(Training).where(Training.avatar_id == avatar.id))).all()
+    )
+    records = DeletedRecords(
+        avatars=1,
+        photos=await _count(session, Photo, avatar.id),
+        trainings=len(trainings),
+    )
+    provider = []
+    for training in trainings:
+        if training.request_id is None:
+            continue
+        cancel = training.status in ACTIVE
+        await enqueue(
+            session,
+            kind=PROVIDER_CLEANUP_JOB,
+            payload={
+                "endpoint": training.endpoint,
+                "request_id": training.request_id,
+                "cancel": cancel,
+            },
+            dedupe_key=f"cleanup:{training.request_id}",
+        )
+        provider.append(
+            ProviderCleanup(
+                request_id=training.request_id,
+                endpoint=training.endpoint,
+                cancel_requested=cancel,
+                payload_deletion="queued",
+            )
+        )
+    prefix = avatar_prefix(avatar.tenant_id, avatar.id)
+    await session.delete(avatar)
+    await session.flush()
+    objects = await services.storage.delete_prefix(prefix)
+    receipt = AvatarDeletionReceipt(
+        avatar_id=avatar.id,
+        external_user_id=avatar.external_user_id,
+        deleted_at=utcnow(),
+        database=records,
+        storage_objects_deleted=objects,
+        provider=provider,
+    )
+    await emit_event(
+        session,
+        tenant_id=avatar.tenant_id,
+        event_type=WebhookEventType.avatar_deleted,
+        data=receipt.model_dump(mode="json"),
+    )
+    logger.info(
+        "avatar.deleted",
+        extra={
+            "tenant_id": str(avatar.tenant_id),
+            "avatar_id": str(avatar.id),
+            "storage_objects": objects,
+            "provider_requests": len(provider),
+        },
+    )
+    return receipt
+
+
+async def delete_avatar(
+    session: AsyncSession, *, services: Services, principal: Principal, avatar_id: uuid.UUID
+) -> AvatarDeletionReceipt:
+    avatar = await get_avatar(session, principal=principal, avatar_id=avatar_id, for_update=True)
+    return await erase_avatar(session, services=services, avatar=avatar)
+
+
+async def delete_user(
+    session: AsyncSession, *, services: Services, principal: Principal, external_user_id: str
+) -> UserDeletionReceipt:
+    """Erase every avatar of one of the caller's users (only within the caller's tenant)."""
+    avatars = (
+        await session.exec(
+            select(Avatar)
+            .where(
+                Avatar.tenant_id == principal.tenant_id, Avatar.external_user_id == external_user_id
+            )
+            .order_by(col(Avatar.created_at))
+            .with_for_update()
+        )
+    ).all()
+    receipts = [await erase_avatar(session, services=services, avatar=a) for a in avatars]
+    return UserDeletionReceipt(external_user_id=external_user_id, avatars=receipts)
+
+
+async def cleanup_provider_request(ctx: JobContext) -> None:
+    """Cancel (if it still runs) and delete fal's stored payloads of one request."""
+    payload = ctx.job.payload
+    endpoint, request_id = str(payload["endpoint"]), str(payload["request_id"])
+    try:
+        if payload.get("cancel"):
+            await ctx.services.gateway.cancel(endpoint, request_id)
+        deleted = await ctx.services.gateway.delete_payloads(request_id)
+    except FalRetriableError as exc:
+        raise RetryableJobError(f"fal unavailable: {exc}") from exc
+    logger.info("fal.payloads_deleted", extra={"request_id": request_id, "deleted": deleted})
+
+
+DELETION_JOB_KINDS = [JobKind(name=PROVIDER_CLEANUP_JOB, handler=cleanup_provider_request)]

@@ -1,0 +1,115 @@
+"""Receiving fal's webhooks about generations: verify, check it is ours, store once.
+
+The same checks as for trainings (:mod:`avatar_api.webhooks.fal_service`): a valid
+signature is not enough (fal signs every customer's webhooks with the same keys), so the
+URL's per-generation token must match, the request id must be the one we created, and the
+user id must be ours when configured. A job applies the stored event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from avatar_api.fal.webhook_signature import (
+    FalWebhookVerifier,
+    JwksUnavailable,
+    WebhookSignatureError,
+)
+from avatar_api.generations import repository
+from avatar_api.generations.tasks import APPLY_JOB
+from avatar_api.generations.tokens import token_matches
+from avatar_api.jobs.queue import enqueue
+from avatar_api.models import GenerationStatus, GenerationWebhookEvent
+from avatar_api.settings import Settings
+from avatar_api.webhooks.fal_service import FalWebhookRejected, JwksUnreachable
+
+logger = logging.getLogger("avatar_api.webhooks.fal")
+
+
+def _reject(reason: str, generation_id: uuid.UUID) -> FalWebhookRejected:
+    logger.warning(
+        "fal.webhook_rejected", extra={"reason": reason, "generation_id": str(generation_id)}
+    )
+    return FalWebhookRejected("The webhook could not be authenticated.")
+
+
+async def receive_generation_webhook(
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    verifier: FalWebhookVerifier,
+    generation_id: uuid.UUID,
+    token: str,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> bool:
+    """Store a verified webhook once; returns False for a duplicate delivery."""
+    try:
+        verified = await verifier.verify(headers, body)
+    except WebhookSignatureError as exc:
+        raise _reject(exc.reason, generation_id) from exc
+    except JwksUnavailable as exc:
+        logger.error("fal.webhook_jwks_unavailable", extra={"generation_id": str(generation_id)})
+        raise JwksUnreachable("fal's signing keys cannot be fetched; retry later.") from exc
+    if not token_matches(settings, generation_id, token):
+        raise _reject("bad_token", generation_id)
+    if settings.fal_webhook_user_id and verified.user_id != settings.fal_webhook_user_id:
+        raise _reject("wrong_user", generation_id)
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise _reject("bad_json", generation_id) from exc
+    if not isinstance(document, dict) or document.get("request_id") != verified.request_id:
+        raise _reject("request_id_mismatch", generation_id)
+
+    generation = await repository.lock(session, generation_id=generation_id)
+    if generation is None:
+        raise _reject("unknown_generation", generation_id)
+    if generation.request_id is None and generation.status is GenerationStatus.submitting:
+        # Our submit call lost fal's reply; the signed webhook with this generation's token
+        # tells us which request fal created for it.
+        generation.request_id = verified.request_id
+        session.add(generation)
+        logger.warning(
+            "fal.webhook_adopted_request",
+            extra={"generation_id": str(generation_id), "request_id": verified.request_id},
+        )
+    elif generation.request_id != verified.request_id:
+        raise _reject("unknown_request", generation_id)
+
+    digest = hashlib.sha256(body).hexdigest()
+    status = str(document.get("status", ""))[:16]
+    try:
+        async with session.begin_nested():
+            event = GenerationWebhookEvent(
+                generation_id=generation_id,
+                request_id=verified.request_id,
+                body_sha256=digest,
+                status=status,
+                body=document,
+            )
+            session.add(event)
+            await session.flush()
+    except IntegrityError:
+        logger.info(
+            "fal.webhook_duplicate",
+            extra={"generation_id": str(generation_id), "request_id": verified.request_id},
+        )
+        return False
+    await enqueue(session, kind=APPLY_JOB, payload={"event_id": str(event.id)})
+    logger.info(
+        "fal.webhook_received",
+        extra={
+            "generation_id": str(generation_id),
+            "request_id": verified.request_id,
+            "status": status,
+        },
+    )
+    return True
