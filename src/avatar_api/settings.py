@@ -113,8 +113,8 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=8, ge=1)
 
     # --- trainings ---
-    training_poll_interval_seconds: float = Field(default=60.0, gt=0)
-    training_reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+    training_poll_interval_seconds: float = Field(default=10.0, gt=0)
+    training_reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     training_submit_timeout_seconds: float = Field(default=1800.0, gt=0)
     training_hard_timeout_seconds: float = Field(default=6 * 3600.0, gt=0)
     training_max_log_lines: int = Field(default=20, ge=1, le=500)
@@ -123,7 +123,7 @@ class Settings(BaseSettings):
 
     # --- test-mode simulator ---
     simulator_queue_seconds: float = Field(default=3.0, ge=0)
-    simulator_train_seconds: float = Field(default=10.0, ge=0)
+    simulator_train_seconds: float = Field(default=20.0, ge=0)
     simulator_failure: SimulatorFailure = SimulatorFailure.none
 
     # --- outbound webhooks ---

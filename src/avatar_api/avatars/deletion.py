@@ -28,7 +28,7 @@ from avatar_api.fal.gateway import FalRetriableError
 from avatar_api.jobs.errors import RetryableJobError
 from avatar_api.jobs.queue import enqueue
 from avatar_api.jobs.registry import JobContext, JobKind
-from avatar_api.models import Avatar, Photo, Training
+from avatar_api.models import Avatar, Generation, GenerationStatus, Photo, Training
 from avatar_api.services import Services
 from avatar_api.storage_keys import avatar_prefix
 from avatar_api.training.state import ACTIVE
@@ -37,6 +37,14 @@ from avatar_api.webhooks.events import WebhookEventType, emit_event
 logger = logging.getLogger("avatar_api.avatars")
 
 PROVIDER_CLEANUP_JOB = "fal.cleanup_request"
+GENERATION_ACTIVE = frozenset(
+    {
+        GenerationStatus.queued,
+        GenerationStatus.submitting,
+        GenerationStatus.in_queue,
+        GenerationStatus.in_progress,
+    }
+)
 
 
 async def _count(
@@ -53,30 +61,32 @@ async def erase_avatar(
     trainings = list(
         (await session.exec(select(Training).where(Training.avatar_id == avatar.id))).all()
     )
+    generations = list(
+        (await session.exec(select(Generation).where(Generation.avatar_id == avatar.id))).all()
+    )
     records = DeletedRecords(
         avatars=1,
         photos=await _count(session, Photo, avatar.id),
         trainings=len(trainings),
+        generations=len(generations),
     )
     provider = []
-    for training in trainings:
-        if training.request_id is None:
+    fal_requests = [(t.request_id, t.endpoint, t.status in ACTIVE) for t in trainings] + [
+        (g.request_id, g.endpoint, g.status in GENERATION_ACTIVE) for g in generations
+    ]
+    for request_id, endpoint, cancel in fal_requests:
+        if request_id is None:
             continue
-        cancel = training.status in ACTIVE
         await enqueue(
             session,
             kind=PROVIDER_CLEANUP_JOB,
-            payload={
-                "endpoint": training.endpoint,
-                "request_id": training.request_id,
-                "cancel": cancel,
-            },
-            dedupe_key=f"cleanup:{training.request_id}",
+            payload={"endpoint": endpoint, "request_id": request_id, "cancel": cancel},
+            dedupe_key=f"cleanup:{request_id}",
         )
         provider.append(
             ProviderCleanup(
-                request_id=training.request_id,
-                endpoint=training.endpoint,
+                request_id=request_id,
+                endpoint=endpoint,
                 cancel_requested=cancel,
                 payload_deletion="queued",
             )

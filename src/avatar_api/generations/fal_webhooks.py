@@ -27,6 +27,7 @@ from avatar_api.generations.tasks import APPLY_JOB
 from avatar_api.generations.tokens import token_matches
 from avatar_api.jobs.queue import enqueue
 from avatar_api.models import GenerationStatus, GenerationWebhookEvent
+from avatar_api.observability.metrics import FAL_WEBHOOKS
 from avatar_api.settings import Settings
 from avatar_api.webhooks.fal_service import FalWebhookRejected, JwksUnreachable
 
@@ -37,6 +38,7 @@ def _reject(reason: str, generation_id: uuid.UUID) -> FalWebhookRejected:
     logger.warning(
         "fal.webhook_rejected", extra={"reason": reason, "generation_id": str(generation_id)}
     )
+    FAL_WEBHOOKS.labels(result=reason).inc()
     return FalWebhookRejected("The webhook could not be authenticated.")
 
 
@@ -57,6 +59,7 @@ async def receive_generation_webhook(
         raise _reject(exc.reason, generation_id) from exc
     except JwksUnavailable as exc:
         logger.error("fal.webhook_jwks_unavailable", extra={"generation_id": str(generation_id)})
+        FAL_WEBHOOKS.labels(result="jwks_unavailable").inc()
         raise JwksUnreachable("fal's signing keys cannot be fetched; retry later.") from exc
     if not token_matches(settings, generation_id, token):
         raise _reject("bad_token", generation_id)
@@ -102,8 +105,10 @@ async def receive_generation_webhook(
             "fal.webhook_duplicate",
             extra={"generation_id": str(generation_id), "request_id": verified.request_id},
         )
+        FAL_WEBHOOKS.labels(result="duplicate").inc()
         return False
     await enqueue(session, kind=APPLY_JOB, payload={"event_id": str(event.id)})
+    FAL_WEBHOOKS.labels(result="accepted").inc()
     logger.info(
         "fal.webhook_received",
         extra={

@@ -86,7 +86,7 @@ async def receive_fal_webhook(
         logger.error("fal.webhook_jwks_unavailable", extra={"training_id": str(training_id)})
         FAL_WEBHOOKS.labels(result="jwks_unavailable").inc()
         raise JwksUnreachable("fal's signing keys cannot be fetched; retry later.") from exc
-    if False and not token_matches(settings, training_id, token):
+    if not token_matches(settings, training_id, token):
         raise _reject("bad_token", training_id=str(training_id))
     if settings.fal_webhook_user_id and verified.user_id != settings.fal_webhook_user_id:
         raise _reject("wrong_user", training_id=str(training_id))

@@ -105,7 +105,6 @@ def upgrade() -> None:
         )
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("trainings", schema=None) as batch_op:
         batch_op.drop_column("result_copied_at")
