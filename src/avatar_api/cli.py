@@ -98,11 +98,13 @@ async def _run_worker(
 
     from avatar_api.bootstrap import build_services
     from avatar_api.db import create_engine, create_sessionmaker
-    from avatar_api.jobs.kinds import build_registry
     from avatar_api.jobs.worker import Worker
     from avatar_api.logging_setup import register_secrets
-    from avatar_api.training.reconciler import run_reconciler
 
+    if registry is None:
+        from avatar_api.jobs.kinds import build_registry
+
+        registry = build_registry()
     register_secrets(settings)
     metrics_server = None
     if settings.metrics_port is not None:
@@ -117,7 +119,7 @@ async def _run_worker(
         services = build_services(settings, create_sessionmaker(engine))
         worker = Worker(
             services=services,
-            registry=registry if registry is not None else build_registry(),
+            registry=registry,
             concurrency=concurrency,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
         )
@@ -129,6 +131,8 @@ async def _run_worker(
         try:
             tasks = [worker.run(stop)]
             if reconcile:
+                from avatar_api.training.reconciler import run_reconciler
+
                 tasks.append(run_reconciler(services, stop))
             await asyncio.gather(*tasks)
         finally:

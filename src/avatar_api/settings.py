@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     # --- trainings ---
     training_poll_interval_seconds: float = Field(default=10.0, gt=0)
     training_reconcile_interval_seconds: float = Field(default=5.0, gt=0)
-    training_submit_timeout_seconds: float = Field(default=1800.0, gt=0)
+    training_submit_timeout_seconds: float = Field(default=3 * 3600.0, gt=0)
     training_hard_timeout_seconds: float = Field(default=6 * 3600.0, gt=0)
     training_max_log_lines: int = Field(default=20, ge=1, le=500)
     result_max_bytes: int = Field(default=2 * 1024**3, ge=1024)

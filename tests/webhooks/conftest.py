@@ -45,7 +45,7 @@ from avatar_api.storage.local import LocalStorage
 from avatar_api.webhooks import service
 from avatar_api.webhooks.delivery import WEBHOOK_JOB_KINDS
 from avatar_api.webhooks.events import WebhookEventType
-from avatar_api.webhooks.router import get_resolver, router
+from avatar_api.webhooks.router import get_resolver
 from avatar_api.webhooks.schemas import WebhookEndpointCreate, WebhookEndpointCreated
 from avatar_api.webhooks.ssrf import IPAddress, Resolver
 from tests.conftest import make_settings
@@ -92,10 +92,6 @@ def resolver() -> FakeResolver:
 
 @pytest.fixture
 def app(app: FastAPI, resolver: FakeResolver) -> FastAPI:
-    # The lead includes the router in create_app; until then (and without doubling it
-    # after), add it here.
-    if not any(getattr(r, "path", None) == "/v1/webhook-endpoints" for r in app.routes):
-        app.include_router(router)
     app.dependency_overrides[get_resolver] = lambda: resolver
     return app
 

@@ -222,7 +222,8 @@ async def apply_status(
         return
     training.last_checked_at = utcnow()
     if status.logs:
-        training.logs = [*training.logs, *status.logs][-max_logs:]
+        # fal answers with the request's whole log on every status call: keep its tail.
+        training.logs = list(status.logs[-max_logs:])
         progress = parse_progress(status.logs)
         if progress is not None:
             training.progress_steps, training.progress_total = progress
