@@ -54,8 +54,15 @@ openapi-check: install ## fail when openapi/openapi.json is stale
 compose-check: install ## validate docker-compose.yml against the compose spec (offline)
 	$(RUN) check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
-bench: install ## run the benchmarks in bench/ and write bench/results.md
-	$(RUN) python -m bench
+bench: install ## run the benchmarks in bench/ and write bench/results.md (BENCH_ARGS="--only reads")
+	@command -v wrk >/dev/null || { echo "wrk not found: installing it with apt-get"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk; }
+	$(RUN) python -m bench $(BENCH_ARGS)
+
+FUZZ_EXAMPLES ?= 500
+fuzz: install ## fuzz the API (schemathesis) and the photo decoder longer (FUZZ_EXAMPLES=500)
+	AVATAR_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(RUN) pytest tests/fuzz $(PYTEST_ARGS)
 
 clean: ## remove local state (database, stored files)
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

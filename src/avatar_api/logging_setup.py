@@ -62,8 +62,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"\bavk_[A-Za-z0-9_-]{8,}"), f"avk_{REDACTED}"),
     (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]{8,}"), f"whsec_{REDACTED}"),
-    # Authorization header values: fal's "Key id:secret", bearer and basic credentials.
-    (re.compile(r"\b(Key|[Bb]earer|[Bb]asic)\s+[A-Za-z0-9._~+/:=-]{8,}"), rf"\1 {REDACTED}"),
+    # Authorization header values: fal's "Key id:secret" (a digit or colon in it, so that
+    # "Foreign Key constraint" stays readable), bearer and basic credentials.
+    (re.compile(r"\bKey\s+(?=[^\s]*[\d:])[A-Za-z0-9._~+/:=-]{8,}"), f"Key {REDACTED}"),
+    (re.compile(r"\b([Bb]earer|[Bb]asic)\s+[A-Za-z0-9._~+/:=-]{8,}"), rf"\1 {REDACTED}"),
 )
 _MIN_SECRET_CHARS = 8
 _known_secrets: set[str] = set()

@@ -66,7 +66,7 @@ async def check_training_quotas(
     if not concurrent and not daily:
         return
     now = now or utcnow()
-    pass
+    await session.exec(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
     mine = col(Training.tenant_id) == tenant_id
 
     if concurrent:

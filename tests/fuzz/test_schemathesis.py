@@ -37,6 +37,8 @@ from schemathesis import APIOperation, GenerationMode
 from schemathesis.generation.stateful.state_machine import StepInput, StepOutput
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import status_code_conformance
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.app import create_app
 from avatar_api.auth.service import create_api_key
@@ -45,6 +47,7 @@ from avatar_api.settings import Settings
 from avatar_api.webhooks.router import get_resolver
 from avatar_api.webhooks.ssrf import IPAddress
 from tests.conftest import make_settings
+from tests.fakes import RecordingGateway
 from tests.fuzz import fuzz_examples
 from tests.live import wipe
 
@@ -394,4 +397,35 @@ def test_malformed_json_body_answers_a_documented_status(
     assert str(response.status_code) in documented, (
         f"{method} {path} with a body that is not JSON answered {response.status_code} "
         f"{response.text}; documented: {sorted(documented)}"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="src: the per-API-key rate limit answers 429 rate_limited (and the training "
+    "quotas 429 quota_*), but no operation documents a 429. The fuzzer meets it after "
+    "AVATAR_RATE_LIMIT_PER_MINUTE requests (default 120), which is why this module raises "
+    "the limit. Fix: add the 429 problem (with Retry-After) to every authenticated "
+    "operation's responses.",
+)
+async def test_rate_limited_answer_is_documented(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], api_key: str
+) -> None:
+    app = create_app(
+        settings.model_copy(update={"rate_limit_per_minute": 1}),
+        sessionmaker=sessionmaker,
+        gateway=RecordingGateway(),
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url=BASE_URL,
+        headers={"Authorization": f"Bearer {api_key}"},
+    ) as client:
+        statuses = [(await client.get("/v1/avatars")).status_code for _ in range(2)]
+    documented = app.openapi()["paths"]["/v1/avatars"]["get"]["responses"]
+    assert statuses[0] == 200, statuses
+    assert str(statuses[1]) in documented, (
+        f"GET /v1/avatars over the rate limit answered {statuses[1]}; "
+        f"documented: {sorted(documented)}"
     )

@@ -13,7 +13,8 @@ import asyncio
 import os
 import time
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, func, insert
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.cli import _run_worker
@@ -47,7 +48,7 @@ async def sleep_job(ctx: JobContext) -> None:
         earlier = await session.exec(
             select(func.count()).select_from(effects).where(effects.c.job_id == job_id)
         )
-        first_run = earlier.scalar_one() == 0
+        first_run = earlier.one() == 0
         await _record(session, job_id, "started")
     if first_run:
         # Only the first run is slow: the test stops that worker, and whichever worker

@@ -24,10 +24,7 @@ from avatar_api.avatars.schemas import (
 )
 from avatar_api.avatars.service import get_avatar
 from avatar_api.db import utcnow
-from avatar_api.fal.gateway import FalRetriableError
-from avatar_api.jobs.errors import RetryableJobError
-from avatar_api.jobs.queue import enqueue
-from avatar_api.jobs.registry import JobContext, JobKind
+from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.models import Avatar, Generation, GenerationStatus, Photo, Training
 from avatar_api.services import Services
 from avatar_api.storage_keys import avatar_prefix
@@ -36,7 +33,6 @@ from avatar_api.webhooks.events import WebhookEventType, emit_event
 
 logger = logging.getLogger("avatar_api.avatars")
 
-PROVIDER_CLEANUP_JOB = "fal.cleanup_request"
 GENERATION_ACTIVE = frozenset(
     {
         GenerationStatus.queued,
@@ -77,12 +73,7 @@ async def erase_avatar(
     for request_id, endpoint, cancel in fal_requests:
         if request_id is None:
             continue
-        await enqueue(
-            session,
-            kind=PROVIDER_CLEANUP_JOB,
-            payload={"endpoint": endpoint, "request_id": request_id, "cancel": cancel},
-            dedupe_key=f"cleanup:{request_id}",
-        )
+        await enqueue_cleanup(session, endpoint=endpoint, request_id=request_id, cancel=cancel)
         provider.append(
             ProviderCleanup(
                 request_id=request_id,
@@ -144,19 +135,3 @@ async def delete_user(
     ).all()
     receipts = [await erase_avatar(session, services=services, avatar=a) for a in avatars]
     return UserDeletionReceipt(external_user_id=external_user_id, avatars=receipts)
-
-
-async def cleanup_provider_request(ctx: JobContext) -> None:
-    """Cancel (if it still runs) and delete fal's stored payloads of one request."""
-    payload = ctx.job.payload
-    endpoint, request_id = str(payload["endpoint"]), str(payload["request_id"])
-    try:
-        if payload.get("cancel"):
-            await ctx.services.gateway.cancel(endpoint, request_id)
-        deleted = await ctx.services.gateway.delete_payloads(request_id)
-    except FalRetriableError as exc:
-        raise RetryableJobError(f"fal unavailable: {exc}") from exc
-    logger.info("fal.payloads_deleted", extra={"request_id": request_id, "deleted": deleted})
-
-
-DELETION_JOB_KINDS = [JobKind(name=PROVIDER_CLEANUP_JOB, handler=cleanup_provider_request)]

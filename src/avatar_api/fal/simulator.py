@@ -261,12 +261,15 @@ async def _download(
         if response.status_code != 200:
             raise PermanentJobError(f"archive download answered {response.status_code}")
         size = 0
-        with path.open("wb") as fh:
+        handle = await asyncio.to_thread(path.open, "wb")
+        try:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > limit:
                     raise PermanentJobError("file too large")
-                fh.write(chunk)
+                await asyncio.to_thread(handle.write, chunk)
+        finally:
+            await asyncio.to_thread(handle.close)
 
 
 async def process_request(ctx: JobContext) -> None:

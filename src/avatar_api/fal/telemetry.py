@@ -94,7 +94,9 @@ def observed_fal_call(
     from a :class:`Submission` result for submits).
     """
 
-    def decorate(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    def decorate(
+        method: Callable[P, Coroutine[Any, Any, R]],
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
         signature = inspect.signature(method)
 
         @functools.wraps(method)

@@ -17,12 +17,14 @@ from collections.abc import Mapping
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.fal.webhook_signature import (
     FalWebhookVerifier,
     JwksUnavailable,
     WebhookSignatureError,
 )
 from avatar_api.generations import repository
+from avatar_api.generations.state import TERMINAL
 from avatar_api.generations.tasks import APPLY_JOB
 from avatar_api.generations.tokens import token_matches
 from avatar_api.jobs.queue import enqueue
@@ -75,11 +77,19 @@ async def receive_generation_webhook(
     generation = await repository.lock(session, generation_id=generation_id)
     if generation is None:
         raise _reject("unknown_generation", generation_id)
-    if generation.request_id is None and generation.status is GenerationStatus.submitting:
+    attempted = generation.status is GenerationStatus.submitting or (
+        generation.status in TERMINAL and generation.submit_started_at is not None
+    )
+    if generation.request_id is None and attempted:
         # Our submit call lost fal's reply; the signed webhook with this generation's token
-        # tells us which request fal created for it.
+        # tells us which request fal created for it. One that ended meanwhile keeps its
+        # status; fal's copy is stopped instead.
         generation.request_id = verified.request_id
         session.add(generation)
+        if generation.status in TERMINAL:
+            await enqueue_cleanup(
+                session, endpoint=generation.endpoint, request_id=verified.request_id, cancel=True
+            )
         logger.warning(
             "fal.webhook_adopted_request",
             extra={"generation_id": str(generation_id), "request_id": verified.request_id},

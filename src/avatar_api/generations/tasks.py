@@ -16,7 +16,9 @@ from typing import Any
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.db import session_scope, utcnow
+from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.fal.gateway import (
+    FalCredentialsMissing,
     FalPermanentError,
     FalRetriableError,
     FalState,
@@ -204,6 +206,10 @@ async def submit_generation(ctx: JobContext) -> None:
     async with session_scope(services.sessionmaker) as session:
         locked = await repository.lock(session, generation_id=generation_id)
         if locked is None:
+            # Erased while fal was answering: nobody else knows this request, so stop it.
+            await enqueue_cleanup(
+                session, endpoint=generation.endpoint, request_id=submission.request_id, cancel=True
+            )
             return
         locked.request_id = locked.request_id or submission.request_id
         locked.submitted_at = locked.submitted_at or utcnow()
@@ -338,11 +344,14 @@ async def poll_generation(ctx: JobContext) -> None:
     try:
         status = await services.gateway.status(generation.endpoint, generation.request_id)
         output = None
-        if status.state is FalState.COMPLETED and status.error is None:
+        if status.state is FalState.COMPLETED and not status.failed:
             output = await services.gateway.result(generation.endpoint, generation.request_id)
     except FalRetriableError as exc:
         raise RetryableJobError(f"fal status unavailable: {exc}") from exc
     except FalPermanentError as exc:
+        if isinstance(exc, FalCredentialsMissing) or exc.status_code in (401, 403):
+            # Our key's fault, not the request's: failing every generation would be wrong.
+            raise RetryableJobError(f"fal refused our credentials: {exc}") from exc
         await _fail_by_id(
             services, generation_id, code="fal_error", message=f"fal lost the request: {exc}"
         )
@@ -352,13 +361,13 @@ async def poll_generation(ctx: JobContext) -> None:
         if locked is None:
             return
         await apply_status(session, locked, status)
-        if status.state is FalState.COMPLETED and status.error is not None:
+        if status.state is FalState.COMPLETED and status.failed:
             await fail_generation(
                 session,
                 services,
                 locked,
                 code=f"fal_{status.error_type or 'error'}"[:64],
-                message=status.error,
+                message=status.error or f"fal reported {status.error_type}",
             )
     if output is not None:
         await complete_with_output(services, generation_id, output)

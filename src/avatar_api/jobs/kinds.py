@@ -10,7 +10,7 @@ from avatar_api.jobs.registry import JobRegistry
 
 
 def build_registry() -> JobRegistry:
-    from avatar_api.avatars.deletion import DELETION_JOB_KINDS
+    from avatar_api.fal.cleanup import CLEANUP_JOB_KINDS
     from avatar_api.fal.simulator import SIMULATOR_JOB_KINDS
     from avatar_api.generations.tasks import GENERATION_JOB_KINDS
     from avatar_api.training.results import RESULT_JOB_KINDS
@@ -24,7 +24,7 @@ def build_registry() -> JobRegistry:
             *TRAINING_JOB_KINDS,
             *GENERATION_JOB_KINDS,
             *RESULT_JOB_KINDS,
-            *DELETION_JOB_KINDS,
+            *CLEANUP_JOB_KINDS,
             *WEBHOOK_JOB_KINDS,
             *SIMULATOR_JOB_KINDS,
         ]

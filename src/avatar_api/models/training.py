@@ -67,6 +67,7 @@ class Training(SQLModel, table=True):
     lora_key: str | None = Field(default=None, max_length=512)
     config_key: str | None = Field(default=None, max_length=512)
     result_copied_at: datetime | None = _ts()
+    result_copy_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = created_at_field()
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     submit_started_at: datetime | None = _ts()

@@ -11,17 +11,26 @@ import contextlib
 import logging
 from datetime import timedelta
 
+from sqlmodel import col, delete, select
+
 from avatar_api.db import session_scope
+from avatar_api.generations.service import SUBMIT_JOB as GENERATION_SUBMIT_JOB
 from avatar_api.generations.tasks import reconcile_generations
+from avatar_api.jobs.maintenance import purge_finished
 from avatar_api.jobs.queue import enqueue
+from avatar_api.models import Generation, IdempotencyKey, Training
 from avatar_api.services import Services
 from avatar_api.training import repository
 from avatar_api.training.retention import apply_retention
-from avatar_api.training.service import CANCEL_REMOTE_JOB
+from avatar_api.training.service import CANCEL_REMOTE_JOB, SUBMIT_JOB
 from avatar_api.training.tasks import POLL_JOB, fail_training
 
 logger = logging.getLogger("avatar_api.training")
 BATCH = 100
+ORPHAN_AFTER = timedelta(minutes=5)
+FINISHED_JOBS_KEPT = timedelta(days=7)
+IDEMPOTENCY_KEYS_KEPT = timedelta(hours=24)
+HOUSEKEEPING_EVERY = 600.0  # seconds
 
 
 async def reconcile_once(services: Services) -> dict[str, int]:
@@ -95,11 +104,61 @@ async def reconcile_once(services: Services) -> dict[str, int]:
     return counts
 
 
+async def requeue_orphaned_submits(services: Services) -> None:
+    """Queued work whose submit job vanished (a lease lost at the wrong moment) gets one.
+
+    The dedupe key makes this a no-op for the usual case of a job still pending.
+    """
+    cutoff = services.clock() - ORPHAN_AFTER
+    targets = (
+        (Training, SUBMIT_JOB, "training_id", "submit"),
+        (Generation, GENERATION_SUBMIT_JOB, "generation_id", "generation-submit"),
+    )
+    async with session_scope(services.sessionmaker) as session:
+        for model, kind, field, prefix in targets:
+            ids = (
+                await session.exec(
+                    select(model.id)
+                    .where(col(model.status) == "queued", col(model.created_at) < cutoff)
+                    .order_by(col(model.id))
+                    .limit(BATCH)
+                )
+            ).all()
+            for row_id in ids:
+                await enqueue(
+                    session,
+                    kind=kind,
+                    payload={field: str(row_id)},
+                    dedupe_key=f"{prefix}:{row_id}",
+                )
+
+
+async def housekeeping(services: Services) -> dict[str, int]:
+    """Old finished jobs and idempotency keys go; they only grow otherwise."""
+    now = services.clock()
+    async with session_scope(services.sessionmaker) as session:
+        jobs = await purge_finished(session, older_than=FINISHED_JOBS_KEPT, now=now)
+        keys = (
+            await session.exec(
+                delete(IdempotencyKey).where(
+                    col(IdempotencyKey.created_at) < now - IDEMPOTENCY_KEYS_KEPT
+                )
+            )
+        ).rowcount
+    return {"purged_jobs": jobs, "purged_idempotency_keys": int(keys or 0)}
+
+
 async def run_reconciler(services: Services, stop: asyncio.Event) -> None:
     interval = services.settings.training_reconcile_interval_seconds
+    last_housekeeping = 0.0
+    loop = asyncio.get_running_loop()
     while not stop.is_set():
         try:
             await reconcile_once(services)
+            await requeue_orphaned_submits(services)
+            if loop.time() - last_housekeeping > HOUSEKEEPING_EVERY:
+                logger.info("maintenance.housekeeping", extra=await housekeeping(services))
+                last_housekeeping = loop.time()
         except Exception:
             logger.exception("training.reconcile_failed")
         with contextlib.suppress(TimeoutError):

@@ -144,6 +144,10 @@ async def lora_download(
         raise LoraNotAvailable(
             "This avatar was trained as a fal finetune; it has no file, only a finetune id."
         )
+    if training.result_copy_error is not None:
+        raise LoraNotAvailable(
+            f"The LoRA file could not be copied from fal: {training.result_copy_error}"
+        )
     if training.lora_key is None:
         raise LoraNotReady("The LoRA file is being copied into storage; retry in a moment.")
     ttl = services.settings.download_url_ttl_seconds
@@ -159,4 +163,13 @@ async def lora_download(
     )
 
 
-RESULT_JOB_KINDS = [JobKind(name=COPY_RESULT_JOB, handler=copy_result)]
+async def copy_gave_up(ctx: JobContext, reason: str) -> None:
+    # Visible instead of "retry in a moment" forever; generation falls back to fal's URL.
+    training = await ctx.session.get(Training, uuid.UUID(str(ctx.job.payload["training_id"])))
+    if training is not None and training.lora_key is None:
+        training.result_copy_error = reason[:2000]
+        ctx.session.add(training)
+    logger.error("training.result_copy_failed", extra={"reason": reason})
+
+
+RESULT_JOB_KINDS = [JobKind(name=COPY_RESULT_JOB, handler=copy_result, on_give_up=copy_gave_up)]

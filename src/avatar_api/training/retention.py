@@ -28,7 +28,6 @@ async def apply_retention(services: Services) -> int:
         return 0
     cutoff = services.clock() - timedelta(days=days)
     has_photos = exists(select(Photo.id).where(Photo.avatar_id == Training.avatar_id))
-    erased = 0
     async with session_scope(services.sessionmaker) as session:
         avatar_ids = (
             await session.exec(
@@ -42,10 +41,13 @@ async def apply_retention(services: Services) -> int:
                 .limit(BATCH)
             )
         ).all()
-        for avatar_id in avatar_ids:
+    erased = 0
+    # One short transaction per avatar: storage calls happen under its row lock only.
+    for avatar_id in avatar_ids:
+        async with session_scope(services.sessionmaker) as session:
             avatar = await session.get(Avatar, avatar_id, with_for_update=True)
             if avatar is None or avatar.status in (AvatarStatus.queued, AvatarStatus.training):
-                continue  # retrained meanwhile: its photos are in use again
+                continue  # erased, or retrained meanwhile: its photos are in use again
             photos = (await session.exec(select(Photo).where(Photo.avatar_id == avatar_id))).all()
             trainings = (
                 await session.exec(
@@ -62,9 +64,9 @@ async def apply_retention(services: Services) -> int:
                 await services.storage.delete(training.archive_key)
                 training.archive_key = None
                 session.add(training)
-            erased += 1
-            logger.info(
-                "avatar.photos_expired",
-                extra={"avatar_id": str(avatar_id), "photos": len(photos), "days": days},
-            )
+        erased += 1
+        logger.info(
+            "avatar.photos_expired",
+            extra={"avatar_id": str(avatar_id), "photos": len(photos), "days": days},
+        )
     return erased

@@ -16,6 +16,7 @@ from typing import Any
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.db import session_scope, utcnow
+from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.fal.gateway import (
     CancelOutcome,
     FalCredentialsMissing,
@@ -132,7 +133,10 @@ async def submit_training(ctx: JobContext) -> None:
     async with session_scope(services.sessionmaker) as session:
         locked = await repository.lock_with_avatar(session, training_id=training_id)
         if locked is None or locked[0].status is not TrainingStatus.queued:
-            return  # cancelled (or handled elsewhere) while the archive was built
+            # Cancelled or erased while the archive was built: the archive must not outlive
+            # that (an erased avatar's prefix was already deleted).
+            await services.storage.delete(key)
+            return
         training, avatar = locked
         training.archive_key = key
         training.photo_count = len(photos)
@@ -176,6 +180,10 @@ async def submit_training(ctx: JobContext) -> None:
     async with session_scope(services.sessionmaker) as session:
         locked = await repository.lock_with_avatar(session, training_id=training_id)
         if locked is None:
+            # Erased while fal was answering: nobody else knows this request, so stop it.
+            await enqueue_cleanup(
+                session, endpoint=training.endpoint, request_id=submission.request_id, cancel=True
+            )
             return
         training, avatar = locked
         training.request_id = training.request_id or submission.request_id

@@ -21,7 +21,8 @@ def webhook_token(settings: Settings, training_id: uuid.UUID) -> str:
 
 
 def token_matches(settings: Settings, training_id: uuid.UUID, token: str) -> bool:
-    return hmac.compare_digest(webhook_token(settings, training_id), token)
+    # Bytes: compare_digest refuses non-ASCII str, and the token comes from a URL anyone can call.
+    return hmac.compare_digest(webhook_token(settings, training_id).encode(), token.encode())
 
 
 def webhook_url(settings: Settings, training_id: uuid.UUID) -> str:

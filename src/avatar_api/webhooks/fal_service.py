@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.errors import AppError, PayloadTooLarge, ServiceUnavailable
+from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.fal.webhook_signature import (
     FalWebhookVerifier,
     JwksUnavailable,
@@ -27,6 +28,7 @@ from avatar_api.jobs.queue import enqueue
 from avatar_api.models import FalWebhookEvent, Training, TrainingStatus
 from avatar_api.observability.metrics import FAL_WEBHOOKS
 from avatar_api.settings import Settings
+from avatar_api.training.state import TERMINAL
 from avatar_api.training.tasks import APPLY_EVENT_JOB
 from avatar_api.training.tokens import token_matches
 
@@ -100,11 +102,19 @@ async def receive_fal_webhook(
     training = await session.get(Training, training_id, with_for_update=True)
     if training is None:
         raise _reject("unknown_training", training_id=str(training_id))
-    if training.request_id is None and training.status is TrainingStatus.submitting:
+    attempted = training.status is TrainingStatus.submitting or (
+        training.status in TERMINAL and training.submit_started_at is not None
+    )
+    if training.request_id is None and attempted:
         # Our submit call lost fal's reply; the signed webhook with this training's token
-        # tells us which request fal created for it.
+        # tells us which request fal created for it. A training that ended meanwhile
+        # (cancelled, or given up as lost) keeps its status; fal's copy is stopped instead.
         training.request_id = verified.request_id
         session.add(training)
+        if training.status in TERMINAL:
+            await enqueue_cleanup(
+                session, endpoint=training.endpoint, request_id=verified.request_id, cancel=True
+            )
         logger.warning(
             "fal.webhook_adopted_request",
             extra={"training_id": str(training_id), "request_id": verified.request_id},

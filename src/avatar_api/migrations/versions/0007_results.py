@@ -103,10 +103,12 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("result_copied_at", avatar_api.db.UTCDateTime(timezone=True), nullable=True)
         )
+        batch_op.add_column(sa.Column("result_copy_error", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("trainings", schema=None) as batch_op:
+        batch_op.drop_column("result_copy_error")
         batch_op.drop_column("result_copied_at")
         batch_op.drop_column("config_key")
         batch_op.drop_column("lora_key")

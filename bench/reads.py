@@ -1,0 +1,107 @@
+"""Bar 1, reads: `GET /v1/avatars/{id}` with API-key auth against a bare FastAPI route.
+
+Both servers run under the same uvicorn settings (one worker, uvloop, httptools, no access
+log from uvicorn) and take the same wrk load: 64 connections, one wrk thread, a warm-up,
+then 10 s. Ours runs as deployed: PostgreSQL (and, as a second row, the embedded SQLite
+file), JSON logs at INFO, the per-key rate limit counting (with a limit never reached).
+A third, informational row turns the rate limit off to show what its counting costs.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from bench.util import (
+    Outcome,
+    Row,
+    Stack,
+    WrkResult,
+    base_env,
+    fmt,
+    pct,
+    run_cli,
+    stack,
+    wrk_measured,
+)
+
+NAME = "reads"
+RPS_BAR = 0.40
+P99_BAR = 3.0
+
+
+def _ours(s: Stack, label: str, database_url: str, **env_overrides: object) -> WrkResult:
+    env = base_env(
+        AVATAR_DATABASE_URL=database_url,
+        AVATAR_STORAGE_LOCAL_ROOT=s.dir / f"storage-{label}",
+        **env_overrides,
+    )
+    run_cli(["migrate"], env, s.dir)
+    key = run_cli(["keys", "create", "--tenant", f"bench-{label}"], env, s.dir).strip()
+    server = s.uvicorn(f"api-{label}", "avatar_api.main:app", env)
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        created = httpx.post(
+            f"{server.url}/v1/avatars",
+            json={"name": "Bench", "training_type": "portrait"},
+            headers=headers,
+            timeout=10,
+        )
+        created.raise_for_status()
+        url = f"{server.url}/v1/avatars/{created.json()['id']}"
+        check = httpx.get(url, headers=headers, timeout=10)
+        check.raise_for_status()
+        return wrk_measured(url, headers=headers)
+    finally:
+        server.stop()
+
+
+def _bare(s: Stack) -> WrkResult:
+    server = s.uvicorn("bare", "bench.bare_app:app", base_env())
+    try:
+        return wrk_measured(f"{server.url}/v1/avatars/3b241101-e2bb-4255-8caf-4136c566a962")
+    finally:
+        server.stop()
+
+
+def _rows(label: str, ours: WrkResult, bare: WrkResult, *, bars: bool, note: str) -> list[Row]:
+    rps_ratio = ours.rps / bare.rps
+    p99_ratio = ours.p99 / bare.p99
+    errors = ours.non_2xx + ours.socket_errors
+    note = note + (f"; {errors} errors/non-2xx" if errors else "")
+    return [
+        Row(
+            NAME,
+            f"GET /v1/avatars/{{id}} req/s ({label})",
+            fmt(ours.rps, digits=0),
+            fmt(bare.rps, digits=0),
+            pct(rps_ratio),
+            f">= {pct(RPS_BAR)}",
+            (rps_ratio >= RPS_BAR and errors == 0) if bars else None,
+            note,
+        ),
+        Row(
+            NAME,
+            f"GET /v1/avatars/{{id}} p99 ({label})",
+            fmt(ours.p99, "ms"),
+            fmt(bare.p99, "ms"),
+            f"{p99_ratio:.1f}x",
+            f"<= {P99_BAR:.0f}x",
+            (p99_ratio <= P99_BAR) if bars else None,
+            f"p50 {fmt(ours.p50, 'ms')} vs {fmt(bare.p50, 'ms')}",
+        ),
+    ]
+
+
+def run() -> Outcome:
+    outcome = Outcome(NAME)
+    with stack(NAME) as s:
+        bare = _bare(s)
+        pg = _ours(s, "pg", s.postgres())
+        sqlite = _ours(s, "sqlite", f"sqlite+aiosqlite:///{s.dir / 'reads.db'}")
+        pg_unlimited = _ours(s, "pg-nolimit", s.postgres(), AVATAR_RATE_LIMIT_PER_MINUTE=0)
+    outcome.rows += _rows("PostgreSQL", pg, bare, bars=True, note="as deployed")
+    outcome.rows += _rows("SQLite", sqlite, bare, bars=True, note="embedded default")
+    outcome.rows += _rows(
+        "PostgreSQL, rate limit off", pg_unlimited, bare, bars=False, note="diagnostic"
+    )
+    return outcome

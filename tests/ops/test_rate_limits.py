@@ -1,0 +1,185 @@
+"""Per-API-key rate limit: counted in the database, shared by every API process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from avatar_api.app import create_app
+from avatar_api.auth.service import authenticate, create_api_key
+from avatar_api.db import create_sessionmaker, session_scope
+from avatar_api.models import RateLimitWindow, Tenant
+from avatar_api.rate_limit import count_request
+from tests.conftest import make_settings
+from tests.fakes import RecordingGateway
+
+LIMIT = 3
+
+
+def limited_app(
+    database_url: str,
+    tmp_path: Path,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    limit: int = LIMIT,
+) -> FastAPI:
+    settings = make_settings(
+        database_url=database_url,
+        storage_local_root=tmp_path / "storage",
+        rate_limit_per_minute=limit,
+    )
+    return create_app(settings, sessionmaker=sessionmaker, gateway=RecordingGateway())
+
+
+def client_for(app: FastAPI, key: str | None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"Authorization": f"Bearer {key}"} if key else {},
+    )
+
+
+async def test_every_authenticated_response_says_the_budget_and_the_excess_is_refused(
+    database_url: str,
+    tmp_path: Path,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    api_key: str,
+    other_api_key: str,
+) -> None:
+    app = limited_app(database_url, tmp_path, sessionmaker)
+    async with client_for(app, api_key) as client, client_for(app, other_api_key) as other:
+        answers = [
+            await client.get("/v1/avatars"),
+            await client.get(f"/v1/avatars/{uuid.uuid4()}"),  # a problem response counts too
+            await client.get("/v1/avatars"),
+        ]
+        assert [a.status_code for a in answers] == [200, 404, 200]
+        assert [a.headers["RateLimit-Remaining"] for a in answers] == ["2", "1", "0"]
+        for answer in answers:
+            assert answer.headers["RateLimit-Limit"] == str(LIMIT)
+            assert 1 <= int(answer.headers["RateLimit-Reset"]) <= 60
+            assert answer.headers["RateLimit-Policy"] == f"{LIMIT};w=60"
+
+        refused = await client.get("/v1/avatars")
+        assert refused.status_code == 429
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "rate_limited"
+        assert refused.json()["status"] == 429
+        retry_after = int(refused.headers["Retry-After"])
+        assert 1 <= retry_after <= 60
+        assert refused.headers["RateLimit-Remaining"] == "0"
+        assert refused.headers["RateLimit-Reset"] == str(retry_after)
+        assert refused.headers["X-Request-ID"]
+
+        # Another key has its own budget; unauthenticated routes carry no budget at all.
+        assert (await other.get("/v1/avatars")).headers["RateLimit-Remaining"] == "2"
+        health = await client.get("/healthz")
+        assert health.status_code == 200
+        assert "RateLimit-Limit" not in health.headers
+
+
+async def test_the_budget_is_shared_by_every_api_process(
+    database_url: str,
+    tmp_path: Path,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    api_key: str,
+) -> None:
+    # Two app instances stand for two API processes: only the database is shared.
+    first = limited_app(database_url, tmp_path, sessionmaker)
+    second = limited_app(database_url, tmp_path, sessionmaker)
+    async with client_for(first, api_key) as one, client_for(second, api_key) as two:
+        statuses = [
+            (await one.get("/v1/avatars")).status_code,
+            (await two.get("/v1/avatars")).status_code,
+            (await one.get("/v1/avatars")).status_code,
+            (await two.get("/v1/avatars")).status_code,
+        ]
+    assert statuses == [200, 200, 200, 429]
+
+
+async def test_zero_disables_the_limit(
+    database_url: str,
+    tmp_path: Path,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    session: AsyncSession,
+    api_key: str,
+) -> None:
+    app = limited_app(database_url, tmp_path, sessionmaker, limit=0)
+    async with client_for(app, api_key) as client:
+        for _ in range(LIMIT + 2):
+            answer = await client.get("/v1/avatars")
+            assert answer.status_code == 200
+            assert "RateLimit-Limit" not in answer.headers
+    principal = await authenticate(session, secret=api_key)
+    rows = await session.exec(
+        select(RateLimitWindow).where(RateLimitWindow.key_id == principal.api_key_id)
+    )
+    assert rows.all() == []
+
+
+async def test_windows_roll_over_and_old_ones_are_purged(
+    session: AsyncSession, api_key: str
+) -> None:
+    key_id = (await authenticate(session, secret=api_key)).api_key_id
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    first = await count_request(session, key_id=key_id, limit=2, now=start + timedelta(seconds=15))
+    assert (first.count, first.remaining, first.reset_seconds) == (1, 1, 45)
+    second = await count_request(
+        session, key_id=key_id, limit=2, now=start + timedelta(seconds=59.5)
+    )
+    assert (second.count, second.reset_seconds, second.allowed) == (2, 1, True)
+    third = await count_request(
+        session, key_id=key_id, limit=2, now=start + timedelta(seconds=59.9)
+    )
+    assert (third.count, third.allowed, third.remaining) == (3, False, 0)
+
+    next_minute = await count_request(
+        session, key_id=key_id, limit=2, now=start + timedelta(seconds=61)
+    )
+    assert (next_minute.count, next_minute.allowed, next_minute.reset_seconds) == (1, True, 59)
+    rows = (
+        await session.exec(select(RateLimitWindow).where(RateLimitWindow.key_id == key_id))
+    ).all()
+    assert [(row.window_start, row.count) for row in rows] == [(start + timedelta(minutes=1), 1)]
+
+
+@pytest.fixture
+async def committed_key(engine: AsyncEngine) -> AsyncIterator[uuid.UUID]:
+    maker = create_sessionmaker(engine)
+    async with session_scope(maker) as session:
+        issued = await create_api_key(session, tenant_name=f"rate-{uuid.uuid4().hex[:8]}")
+    try:
+        yield issued.api_key.id
+    finally:
+        async with session_scope(maker) as session:
+            # Cascades to the key and its windows.
+            await session.exec(delete(Tenant).where(col(Tenant.id) == issued.tenant.id))
+
+
+async def test_concurrent_requests_never_lose_a_count(
+    engine: AsyncEngine, committed_key: uuid.UUID
+) -> None:
+    """Separate transactions at once (as from several processes): each gets its own count."""
+    maker = create_sessionmaker(engine)
+    now = datetime.now(UTC)
+    requests = 12
+
+    async def one() -> int:
+        async with session_scope(maker) as session:
+            decision = await count_request(session, key_id=committed_key, limit=5, now=now)
+        return decision.count
+
+    counts = await asyncio.gather(*(one() for _ in range(requests)))
+    assert sorted(counts) == list(range(1, requests + 1))
