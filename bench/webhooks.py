@@ -7,9 +7,10 @@ the entries re-deliveries of an earlier one, byte for byte. wrk replays the file
 against our receiver and, with the same file, against a bare route of the same path.
 
 Then the side effects are checked: every distinct webhook wrk sent is stored exactly once
-(one `fal_webhook_events` row and one apply job each); deliveries that were still in
-flight when wrk stopped are re-sent to tell "lost" from "not sent yet", and a sample of
-stored ones is re-sent and must answer "duplicate" without adding anything.
+(one `fal_webhook_events` row and one apply job each) and answered "accepted" exactly once
+over all its deliveries; deliveries still in flight when wrk stopped (at most one per
+connection) are re-sent, and a sample of stored ones is re-sent and must answer
+"duplicate" without adding anything.
 """
 
 from __future__ import annotations

@@ -135,6 +135,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     problem = {"schema": {"$ref": "#/components/schemas/Problem"}}
     for path_item in doc.get("paths", {}).values():
         for operation in path_item.values():
+            if operation.get("security"):
+                # Every authenticated call counts against the API key's rate limit.
+                operation["responses"].setdefault(
+                    "429",
+                    {
+                        "description": "Too many requests (`rate_limited`); see Retry-After",
+                        "content": {PROBLEM_CONTENT_TYPE: problem},
+                    },
+                )
             for status, response in operation.get("responses", {}).items():
                 if status == "422":
                     response["description"] = "Invalid request (`validation_error`)"

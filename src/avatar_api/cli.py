@@ -98,13 +98,9 @@ async def _run_worker(
 
     from avatar_api.bootstrap import build_services
     from avatar_api.db import create_engine, create_sessionmaker
-    from avatar_api.jobs.worker import Worker
     from avatar_api.logging_setup import register_secrets
+    from avatar_api.runtime import run_background
 
-    if registry is None:
-        from avatar_api.jobs.kinds import build_registry
-
-        registry = build_registry()
     register_secrets(settings)
     metrics_server = None
     if settings.metrics_port is not None:
@@ -117,24 +113,13 @@ async def _run_worker(
     signals = (signal.SIGINT, signal.SIGTERM)
     try:
         services = build_services(settings, create_sessionmaker(engine))
-        worker = Worker(
-            services=services,
-            registry=registry,
-            concurrency=concurrency,
-            shutdown_grace_seconds=settings.shutdown_grace_seconds,
-        )
-        # The first signal asks for a graceful stop: no new claims; jobs in flight get
-        # AVATAR_SHUTDOWN_GRACE_SECONDS to finish, the rest are handed back (due at once,
-        # the attempt not counted) for another worker.
+        # The first signal asks for a graceful stop (see run_background).
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         try:
-            tasks = [worker.run(stop)]
-            if reconcile:
-                from avatar_api.training.reconciler import run_reconciler
-
-                tasks.append(run_reconciler(services, stop))
-            await asyncio.gather(*tasks)
+            await run_background(
+                services, stop, concurrency=concurrency, registry=registry, reconcile=reconcile
+            )
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)

@@ -195,6 +195,16 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        # FastAPI's own answer to an unparsable JSON body: the documented 422 instead.
+        return problem_response(
+            status=422,
+            code="validation_error",
+            title="Invalid request",
+            detail="The request body is not valid JSON.",
+            instance=request.url.path,
+            extra={"errors": [{"loc": ["body"], "msg": "Invalid JSON", "type": "json_invalid"}]},
+        )
     code, title = _STATUS_CODES.get(exc.status_code, ("http_error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
     return problem_response(

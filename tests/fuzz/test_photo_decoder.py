@@ -218,20 +218,11 @@ def run_with_deadline(work: Callable[[], T], seconds: float = CASE_DEADLINE_SECO
     return value  # type: ignore[return-value]
 
 
-def is_known_heif_limit_error(exc: BaseException) -> bool:
-    """Known defect (see the xfail tests): libheif's refusal escapes as a RuntimeError."""
-    return isinstance(exc, RuntimeError) and "Security limit exceeded" in str(exc)
-
-
-Outcome = NormalisedPhoto | PhotoRejected | RuntimeError
+Outcome = NormalisedPhoto | PhotoRejected
 
 
 def check_outcome(data: bytes) -> Outcome:
-    """Normalise `data`; only a photo or a rejection may come out, never anything else.
-
-    The one known defect comes back as its RuntimeError instead of failing, so the fuzzing
-    keeps looking for others; `test_heic_with_a_wrong_ispe_box_is_rejected` tracks it.
-    """
+    """Normalise `data`; only a photo or a rejection may come out, never anything else."""
     with tempfile.TemporaryDirectory(prefix="fuzz-photo-") as tmp:
         src, dst = Path(tmp) / "upload", Path(tmp) / "out.jpg"
         src.write_bytes(data)
@@ -241,16 +232,9 @@ def check_outcome(data: bytes) -> Outcome:
                 return normalise_photo(src, dst)
             except PhotoRejected as exc:
                 return exc
-            except RuntimeError as exc:
-                if is_known_heif_limit_error(exc):
-                    return exc
-                raise
 
         outcome = run_with_deadline(work)
         leftovers = sorted(p.name for p in Path(tmp).iterdir() if p.name not in {"upload"})
-        if isinstance(outcome, RuntimeError):
-            assert leftovers == [], f"a failed photo left files behind: {leftovers}"
-            return outcome
         if isinstance(outcome, PhotoRejected):
             assert outcome.message, "a rejection must tell the user what to do"
             assert leftovers == [], f"a rejected photo left files behind: {leftovers}"
@@ -333,18 +317,12 @@ def _mutate(rng: random.Random, fmt: str) -> bytes:
 
 
 def mutated_uploads(rng: random.Random, count: int) -> list[tuple[str, bytes]]:
-    """`count` mutated files, formats in turn, deterministic in `rng`.
-
-    Files that hit the known HEIC defect are drawn again: the known 500 is tracked by
-    `test_upload_of_a_heic_with_a_wrong_ispe_box`, and must not hide other 5xx.
-    """
+    """`count` mutated files, formats in turn, deterministic in `rng`."""
     files = []
     formats = sorted(SEED_BUILDERS)
     for i in range(count):
         fmt = formats[i % len(formats)]
         data = _mutate(rng, fmt)
-        while isinstance(check_outcome(data), RuntimeError):
-            data = _mutate(rng, fmt)
         files.append((f"mutated_{i}.{fmt.lower()}", data))
     return files
 
@@ -393,16 +371,6 @@ def heic_with_wrong_ispe() -> bytes:
     return bytes(data)
 
 
-KNOWN_HEIC_DEFECT = (
-    "src: pillow-heif raises RuntimeError('Memory allocation error: Security limit exceeded') "
-    "when a HEIC's ispe box disagrees with its coded size; processing._DECODE_ERRORS lacks "
-    "RuntimeError, so normalise_photo crashes instead of rejecting (corrupt_image) and the "
-    "upload answers 500. Fix: catch RuntimeError from load() as corrupt. Then drop this test "
-    "and is_known_heif_limit_error."
-)
-
-
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=KNOWN_HEIC_DEFECT)
 def test_heic_with_a_wrong_ispe_box_is_rejected(tmp_path: Path) -> None:
     src = tmp_path / "wrong_ispe.heic"
     src.write_bytes(heic_with_wrong_ispe())
@@ -410,7 +378,6 @@ def test_heic_with_a_wrong_ispe_box_is_rejected(tmp_path: Path) -> None:
         normalise_photo(src, tmp_path / "out.jpg")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN_HEIC_DEFECT)
 async def test_upload_of_a_heic_with_a_wrong_ispe_box(raw_client: httpx.AsyncClient) -> None:
     response = await upload(raw_client, [("wrong_ispe.heic", heic_with_wrong_ispe())])
     assert response.status_code == 201, f"{response.status_code}: {response.text}"

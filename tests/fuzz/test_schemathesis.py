@@ -120,30 +120,6 @@ LINKS: list[tuple[str, str, dict[str, str], tuple[str, ...]]] = [
 DISABLED_CHECKS = ("allow_header_conformance", "unsupported_method", "positive_data_acceptance")
 
 
-# --- known defects in src/ (each has a strict-xfail reproducer below) ------------------------
-
-
-def is_body_parse_error(response: schemathesis.Response) -> bool:
-    """FastAPI's 400 for a body that is not JSON at all; no operation documents a 400."""
-    if response.status_code != 400:
-        return False
-    try:
-        problem = json.loads(response.content)
-    except ValueError:
-        return False
-    return isinstance(problem, dict) and problem.get("code") == "bad_request"
-
-
-def status_code_conformance_except_known(
-    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: Case
-) -> bool | None:
-    """`status_code_conformance`, minus the known undocumented 400 (see the xfail test)."""
-    if is_body_parse_error(response):
-        return None
-    result: bool | None = status_code_conformance(ctx, response, case)
-    return result
-
-
 # --- the app under test ------------------------------------------------------------------------
 
 
@@ -316,7 +292,7 @@ def test_every_operation(fuzz_api: FuzzApi, label: str, mode: GenerationMode) ->
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
     @SETTINGS
     def run(case: Case) -> None:
-        case.call_and_validate(additional_checks=[status_code_conformance_except_known])
+        case.call_and_validate(additional_checks=[status_code_conformance])
 
     run()
 
@@ -351,7 +327,7 @@ def test_stateful_two_tenants(fuzz_api: FuzzApi) -> None:
             additional_checks: list[Any] | None = None,
             **kwargs: Any,
         ) -> None:
-            checks = [*(additional_checks or []), status_code_conformance_except_known]
+            checks = [*(additional_checks or []), status_code_conformance]
             super().validate_response(response, case, additional_checks=checks, **kwargs)
 
     TwoTenants.run(
@@ -367,14 +343,6 @@ def test_stateful_two_tenants(fuzz_api: FuzzApi) -> None:
 # --- reproducers of known defects in src/ -------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="src: a request body that is not JSON answers 400 bad_request, which no operation "
-    "documents (FastAPI raises HTTPException(400) before validation). Fix: turn it into the "
-    "documented 422 validation_error, or document 400 on every operation with a JSON body. "
-    "Then drop this test and is_body_parse_error.",
-)
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -400,15 +368,6 @@ def test_malformed_json_body_answers_a_documented_status(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="src: the per-API-key rate limit answers 429 rate_limited (and the training "
-    "quotas 429 quota_*), but no operation documents a 429. The fuzzer meets it after "
-    "AVATAR_RATE_LIMIT_PER_MINUTE requests (default 120), which is why this module raises "
-    "the limit. Fix: add the 429 problem (with Retry-After) to every authenticated "
-    "operation's responses.",
-)
 async def test_rate_limited_answer_is_documented(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], api_key: str
 ) -> None:

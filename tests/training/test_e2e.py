@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from sqlmodel import func, select
 
-from avatar_api.models import FalWebhookEvent, SimulatedRequest
+from avatar_api.models import Avatar, FalWebhookEvent, SimulatedRequest
 from avatar_api.settings import Settings, SimulatorFailure
+from avatar_api.trainers import Preset
+from avatar_api.training.schemas import TrainingStart
 from tests.conftest import make_settings
 from tests.live import LiveStack, json_of, live_stack
 from tests.photos.portraits import portrait_jpegs
@@ -245,6 +247,25 @@ async def test_idempotency_and_preconditions(stack: LiveStack) -> None:
     other = await stack.client.post(url, json={"preset": "fast"}, headers={"Idempotency-Key": "k1"})
     assert other.status_code == 422
     assert other.json()["code"] == "idempotency_key_reused"
+    # A duplicate that arrives while the first request is still running gets a 409.
+    from avatar_api import idempotency
+    from avatar_api.training.idempotent import fingerprint_for
+
+    async with stack.engine.connect() as conn:
+        tenant_id = (await conn.execute(select(Avatar.tenant_id).limit(1))).scalar_one()
+    await idempotency.claim(
+        stack.app.state.sessionmaker,
+        tenant_id=tenant_id,
+        scope="start_training",
+        key="k-inflight",
+        fingerprint=fingerprint_for(avatar_id, TrainingStart(preset=Preset.fast)),
+    )
+    inflight = await stack.client.post(
+        url, json={"preset": "fast"}, headers={"Idempotency-Key": "k-inflight"}
+    )
+    assert inflight.status_code == 409
+    assert inflight.json()["code"] == "idempotent_request_in_progress"
+
     busy = await stack.client.post(url, json={}, headers={"Idempotency-Key": "k2"})
     assert busy.status_code == 409
     assert busy.json()["code"] == "training_not_allowed"

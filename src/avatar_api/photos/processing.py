@@ -313,6 +313,12 @@ def _decode_upright(
             upright = ImageOps.exif_transpose(image)
         except _DECODE_ERRORS as exc:
             raise _corrupt() from exc
+        except RuntimeError as exc:
+            # libheif reports inconsistent files (e.g. an ispe box that disagrees with the
+            # coded size) as RuntimeError; only the HEIF decoder is trusted to mean that.
+            if source_format != "HEIF":
+                raise
+            raise _corrupt() from exc
 
     swapped = decoded_size[0] != decoded_size[1] and upright.size == decoded_size[::-1]
     source_size = (height, width) if swapped else (width, height)

@@ -13,6 +13,12 @@ from avatar_api.training import service
 from avatar_api.training.schemas import TrainingRead, TrainingStart
 
 
+def fingerprint_for(avatar_id: uuid.UUID | str, data: TrainingStart) -> str:
+    return idempotency.request_fingerprint(
+        {"avatar_id": str(avatar_id), **data.model_dump(mode="json")}
+    )
+
+
 async def start_training_idempotently(
     session: AsyncSession,
     *,
@@ -28,9 +34,7 @@ async def start_training_idempotently(
             session, services=services, principal=principal, avatar_id=avatar_id, data=data
         )
         return service.to_read(training), False
-    fingerprint = idempotency.request_fingerprint(
-        {"avatar_id": str(avatar_id), **data.model_dump(mode="json")}
-    )
+    fingerprint = fingerprint_for(avatar_id, data)
     claim = await idempotency.claim(
         services.sessionmaker,
         tenant_id=principal.tenant_id,

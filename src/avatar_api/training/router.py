@@ -10,6 +10,7 @@ from avatar_api.dependencies import PrincipalDep, ServicesDep, SessionDep
 from avatar_api.errors import Unauthorized, problem_responses
 from avatar_api.idempotency import IdempotencyKeyReused, IdempotentRequestInProgress
 from avatar_api.pagination import CursorQuery, InvalidCursor, LimitQuery
+from avatar_api.quotas import ConcurrentTrainingsQuotaExceeded, DailyTrainingsQuotaExceeded
 from avatar_api.trainers.base import InvalidTrainingOverrides
 from avatar_api.training import service
 from avatar_api.training.errors import (
@@ -48,6 +49,8 @@ IdempotencyKeyHeader = Annotated[
         TooManyPhotos,
         InvalidTrainingOverrides,
         IdempotencyKeyReused,
+        ConcurrentTrainingsQuotaExceeded,
+        DailyTrainingsQuotaExceeded,
     ),
 )
 async def start_training(
