@@ -89,6 +89,8 @@ async def stuck_submitting(
             Training.status == TrainingStatus.submitting,
             col(Training.submit_started_at) < started_before,
         )
+        # A fixed order, so reconcilers in several workers lock rows in the same sequence.
+        .order_by(col(Training.id))
         .limit(limit)
     )
     return (await session.exec(stmt)).all()
@@ -103,6 +105,7 @@ async def running_since(
             col(Training.status).in_([TrainingStatus.in_queue, TrainingStatus.in_progress]),
             col(Training.submitted_at) < submitted_before,
         )
+        .order_by(col(Training.id))
         .limit(limit)
     )
     return (await session.exec(stmt)).all()
