@@ -142,7 +142,7 @@ def upload(url: str, key: str, avatar_id: str, photos: list[str]) -> tuple[int, 
 
 def _sample_health(url: str, until: concurrent.futures.Future[object] | float) -> list[float]:
     """GET /healthz in a loop (10 ms apart) until `until` is done or that time; latencies ms."""
-    latencies = []
+    latencies: list[float] = []
     with httpx.Client(base_url=url, timeout=30) as client:
         while True:
             if isinstance(until, float) and time.monotonic() >= until:

