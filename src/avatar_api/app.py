@@ -27,6 +27,7 @@ from avatar_api.fal.webhook_signature import FalWebhookVerifier
 from avatar_api.generations.router import router as generations_router
 from avatar_api.generations.router import webhook_router as generation_webhook_router
 from avatar_api.health.router import router as health_router
+from avatar_api.nul_guard import NulGuard
 from avatar_api.observability import install_observability
 from avatar_api.observability.router import router as metrics_router
 from avatar_api.photos.router import router as photos_router
@@ -102,6 +103,7 @@ def create_app(
     app.state.draining = False
 
     install_error_handlers(app)
+    app.add_middleware(NulGuard)
     install_observability(app, settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(health_router)

@@ -230,7 +230,7 @@ def fuzz_api(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "checks": {name: {"enabled": False} for name in DISABLED_CHECKS},
             # NUL characters are left out until PostgreSQL stops answering 500 to them;
             # test_nul_character_is_refused_not_a_crash holds the defect meanwhile.
-            "generation": {"max-examples": EXAMPLES, "allow-x00": False},
+            "generation": {"max-examples": EXAMPLES},
             "phases": {"stateful": {"enabled": True, "inference": {"algorithms": []}}},
         }
     )
@@ -386,20 +386,8 @@ async def test_nul_character_is_refused_not_a_crash(
     path: str,
     request_args: dict[str, Any],
 ) -> None:
-    """U+0000 in a text field: SQLite stores it, PostgreSQL refuses it (found by fuzzing)."""
-    if database_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="src: PostgreSQL rejects U+0000 in text ('invalid byte sequence for "
-                "encoding UTF8: 0x00'), the DBAPIError escapes and the request answers 500: "
-                "avatar name (POST/PATCH), external_user_id (GET /v1/avatars filter, DELETE "
-                "/v1/users/{external_user_id}). Fix: refuse U+0000 in every string input "
-                "(422, e.g. one shared pydantic str type / path and query validation). "
-                "Then drop this marker and allow-x00=False above.",
-            )
-        )
+    """U+0000 in any text input is a 422 on both backends (found by fuzzing: it was a 500
+    on PostgreSQL, which cannot store NUL in text)."""
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
         base_url=BASE_URL,
@@ -409,8 +397,9 @@ async def test_nul_character_is_refused_not_a_crash(
         assert created.status_code == 201, created.text
         url = path.replace("{avatar_id}", created.json()["id"])
         response = await client.request(method, url, **request_args)
-    assert response.status_code < 500, f"{method} {url} answered {response.status_code}"
-    assert response.headers["content-type"].startswith(("application/json", "application/problem"))
+    assert response.status_code == 422, f"{method} {url} answered {response.status_code}"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "validation_error"
 
 
 async def test_rate_limited_answer_is_documented(
