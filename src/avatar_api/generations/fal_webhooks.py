@@ -9,7 +9,6 @@ user id must be ours when configured. A job applies the stored event.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Mapping
@@ -20,8 +19,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.fal.webhook_signature import (
     FalWebhookVerifier,
-    JwksUnavailable,
-    WebhookSignatureError,
 )
 from avatar_api.generations import repository
 from avatar_api.generations.state import TERMINAL
@@ -31,7 +28,7 @@ from avatar_api.jobs.queue import enqueue
 from avatar_api.models import GenerationStatus, GenerationWebhookEvent
 from avatar_api.observability.metrics import FAL_WEBHOOKS
 from avatar_api.settings import Settings
-from avatar_api.webhooks.fal_service import FalWebhookRejected, JwksUnreachable
+from avatar_api.webhooks.fal_service import FalWebhookRejected, authenticate_fal_webhook
 
 logger = logging.getLogger("avatar_api.webhooks.fal")
 
@@ -55,24 +52,14 @@ async def receive_generation_webhook(
     body: bytes,
 ) -> bool:
     """Store a verified webhook once; returns False for a duplicate delivery."""
-    try:
-        verified = await verifier.verify(headers, body)
-    except WebhookSignatureError as exc:
-        raise _reject(exc.reason, generation_id) from exc
-    except JwksUnavailable as exc:
-        logger.error("fal.webhook_jwks_unavailable", extra={"generation_id": str(generation_id)})
-        FAL_WEBHOOKS.labels(result="jwks_unavailable").inc()
-        raise JwksUnreachable("fal's signing keys cannot be fetched; retry later.") from exc
-    if not token_matches(settings, generation_id, token):
-        raise _reject("bad_token", generation_id)
-    if settings.fal_webhook_user_id and verified.user_id != settings.fal_webhook_user_id:
-        raise _reject("wrong_user", generation_id)
-    try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise _reject("bad_json", generation_id) from exc
-    if not isinstance(document, dict) or document.get("request_id") != verified.request_id:
-        raise _reject("request_id_mismatch", generation_id)
+    verified, document = await authenticate_fal_webhook(
+        settings=settings,
+        verifier=verifier,
+        token_ok=token_matches(settings, generation_id, token),
+        headers=headers,
+        body=body,
+        context={"generation_id": str(generation_id)},
+    )
 
     generation = await repository.lock(session, generation_id=generation_id)
     if generation is None:

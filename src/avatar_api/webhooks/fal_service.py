@@ -13,6 +13,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -22,6 +23,7 @@ from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.fal.webhook_signature import (
     FalWebhookVerifier,
     JwksUnavailable,
+    VerifiedFalWebhook,
     WebhookSignatureError,
 )
 from avatar_api.jobs.queue import enqueue
@@ -69,6 +71,42 @@ async def read_capped(stream: AsyncIterator[bytes], limit: int = MAX_BODY_BYTES)
     return bytes(body)
 
 
+async def authenticate_fal_webhook(
+    *,
+    settings: Settings,
+    verifier: FalWebhookVerifier,
+    token_ok: bool,
+    headers: Mapping[str, str],
+    body: bytes,
+    context: Mapping[str, str],
+) -> tuple[VerifiedFalWebhook, dict[str, Any]]:
+    """Everything that proves a webhook is fal's and about our request, before any storing.
+
+    Shared by every fal webhook route (trainings, generations): signature and timestamp,
+    then the per-row URL token (``token_ok``), the configured fal user, and a body whose
+    request id is the signed one.
+    """
+    try:
+        verified = await verifier.verify(headers, body)
+    except WebhookSignatureError as exc:
+        raise _reject(exc.reason, **context) from exc
+    except JwksUnavailable as exc:
+        logger.error("fal.webhook_jwks_unavailable", extra=dict(context))
+        FAL_WEBHOOKS.labels(result="jwks_unavailable").inc()
+        raise JwksUnreachable("fal's signing keys cannot be fetched; retry later.") from exc
+    if not token_ok:
+        raise _reject("bad_token", **context)
+    if settings.fal_webhook_user_id and verified.user_id != settings.fal_webhook_user_id:
+        raise _reject("wrong_user", **context)
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise _reject("bad_json", **context) from exc
+    if not isinstance(document, dict) or document.get("request_id") != verified.request_id:
+        raise _reject("request_id_mismatch", **context)
+    return verified, document
+
+
 async def receive_fal_webhook(
     session: AsyncSession,
     *,
@@ -80,24 +118,14 @@ async def receive_fal_webhook(
     body: bytes,
 ) -> bool:
     """Store a verified webhook once; returns False for a duplicate delivery."""
-    try:
-        verified = await verifier.verify(headers, body)
-    except WebhookSignatureError as exc:
-        raise _reject(exc.reason, training_id=str(training_id)) from exc
-    except JwksUnavailable as exc:
-        logger.error("fal.webhook_jwks_unavailable", extra={"training_id": str(training_id)})
-        FAL_WEBHOOKS.labels(result="jwks_unavailable").inc()
-        raise JwksUnreachable("fal's signing keys cannot be fetched; retry later.") from exc
-    if not token_matches(settings, training_id, token):
-        raise _reject("bad_token", training_id=str(training_id))
-    if settings.fal_webhook_user_id and verified.user_id != settings.fal_webhook_user_id:
-        raise _reject("wrong_user", training_id=str(training_id))
-    try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise _reject("bad_json", training_id=str(training_id)) from exc
-    if not isinstance(document, dict) or document.get("request_id") != verified.request_id:
-        raise _reject("request_id_mismatch", training_id=str(training_id))
+    verified, document = await authenticate_fal_webhook(
+        settings=settings,
+        verifier=verifier,
+        token_ok=token_matches(settings, training_id, token),
+        headers=headers,
+        body=body,
+        context={"training_id": str(training_id)},
+    )
 
     training = await session.get(Training, training_id, with_for_update=True)
     if training is None:
