@@ -105,7 +105,9 @@ def detect_faces(image: Image.Image) -> list[FaceBox]:
     scale = min(1.0, DETECTION_MAX_SIDE / max(width, height))
     if scale < 1.0:
         small_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        rgb = rgb.resize(small_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        # A box reduce() first, then a cheap filter: the detector needs faces, not fine
+        # detail, and this runs on every portrait photo (measured: ~26 ms -> a few ms).
+        rgb = rgb.resize(small_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     small_w, small_h = rgb.size
     # YuNet was trained on OpenCV's BGR channel order.
     bgr = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
