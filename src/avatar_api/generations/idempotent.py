@@ -51,6 +51,9 @@ async def create_generation_idempotently(
         await idempotency.record(
             session, claim_id=claim.id, status=202, body=result.model_dump(mode="json")
         )
+        # Committed here rather than by the request's session dependency: if the commit
+        # itself fails, the claim must be released too, or the key would answer 409.
+        await session.commit()
     except BaseException:
         # Roll back first: on SQLite this session holds the write lock the release needs.
         await session.rollback()
