@@ -13,10 +13,8 @@ import logging
 import uuid
 from collections.abc import Mapping
 
-from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.fal.webhook_signature import (
     FalWebhookVerifier,
 )
@@ -24,11 +22,15 @@ from avatar_api.generations import repository
 from avatar_api.generations.state import TERMINAL
 from avatar_api.generations.tasks import APPLY_JOB
 from avatar_api.generations.tokens import token_matches
-from avatar_api.jobs.queue import enqueue
 from avatar_api.models import GenerationStatus, GenerationWebhookEvent
 from avatar_api.observability.metrics import FAL_WEBHOOKS
 from avatar_api.settings import Settings
-from avatar_api.webhooks.fal_service import FalWebhookRejected, authenticate_fal_webhook
+from avatar_api.webhooks.fal_service import (
+    FalWebhookRejected,
+    authenticate_fal_webhook,
+    match_request,
+    store_once,
+)
 
 logger = logging.getLogger("avatar_api.webhooks.fal")
 
@@ -64,54 +66,21 @@ async def receive_generation_webhook(
     generation = await repository.lock(session, generation_id=generation_id)
     if generation is None:
         raise _reject("unknown_generation", generation_id)
-    attempted = generation.status is GenerationStatus.submitting or (
-        generation.status in TERMINAL and generation.submit_started_at is not None
+    await match_request(
+        session,
+        generation,
+        verified.request_id,
+        submitting=generation.status is GenerationStatus.submitting,
+        ended=generation.status in TERMINAL,
+        context={"generation_id": str(generation_id)},
     )
-    if generation.request_id is None and attempted:
-        # Our submit call lost fal's reply; the signed webhook with this generation's token
-        # tells us which request fal created for it. One that ended meanwhile keeps its
-        # status; fal's copy is stopped instead.
-        generation.request_id = verified.request_id
-        session.add(generation)
-        if generation.status in TERMINAL:
-            await enqueue_cleanup(
-                session, endpoint=generation.endpoint, request_id=verified.request_id, cancel=True
-            )
-        logger.warning(
-            "fal.webhook_adopted_request",
-            extra={"generation_id": str(generation_id), "request_id": verified.request_id},
-        )
-    elif generation.request_id != verified.request_id:
-        raise _reject("unknown_request", generation_id)
-
-    digest = hashlib.sha256(body).hexdigest()
-    status = str(document.get("status", ""))[:16]
-    try:
-        async with session.begin_nested():
-            event = GenerationWebhookEvent(
-                generation_id=generation_id,
-                request_id=verified.request_id,
-                body_sha256=digest,
-                status=status,
-                body=document,
-            )
-            session.add(event)
-            await session.flush()
-    except IntegrityError:
-        logger.info(
-            "fal.webhook_duplicate",
-            extra={"generation_id": str(generation_id), "request_id": verified.request_id},
-        )
-        FAL_WEBHOOKS.labels(result="duplicate").inc()
-        return False
-    await enqueue(session, kind=APPLY_JOB, payload={"event_id": str(event.id)})
-    FAL_WEBHOOKS.labels(result="accepted").inc()
-    logger.info(
-        "fal.webhook_received",
-        extra={
-            "generation_id": str(generation_id),
-            "request_id": verified.request_id,
-            "status": status,
-        },
+    event = GenerationWebhookEvent(
+        generation_id=generation_id,
+        request_id=verified.request_id,
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        status=str(document.get("status", ""))[:16],
+        body=document,
     )
-    return True
+    return await store_once(
+        session, event, apply_job=APPLY_JOB, context={"generation_id": str(generation_id)}
+    )

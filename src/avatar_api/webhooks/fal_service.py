@@ -13,7 +13,8 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -130,54 +131,83 @@ async def receive_fal_webhook(
     training = await session.get(Training, training_id, with_for_update=True)
     if training is None:
         raise _reject("unknown_training", training_id=str(training_id))
-    attempted = training.status is TrainingStatus.submitting or (
-        training.status in TERMINAL and training.submit_started_at is not None
+    await match_request(
+        session,
+        training,
+        verified.request_id,
+        submitting=training.status is TrainingStatus.submitting,
+        ended=training.status in TERMINAL,
+        context={"training_id": str(training_id)},
     )
-    if training.request_id is None and attempted:
-        # Our submit call lost fal's reply; the signed webhook with this training's token
-        # tells us which request fal created for it. A training that ended meanwhile
-        # (cancelled, or given up as lost) keeps its status; fal's copy is stopped instead.
-        training.request_id = verified.request_id
-        session.add(training)
-        if training.status in TERMINAL:
-            await enqueue_cleanup(
-                session, endpoint=training.endpoint, request_id=verified.request_id, cancel=True
-            )
-        logger.warning(
-            "fal.webhook_adopted_request",
-            extra={"training_id": str(training_id), "request_id": verified.request_id},
-        )
-    elif training.request_id != verified.request_id:
-        raise _reject("unknown_request", training_id=str(training_id))
+    event = FalWebhookEvent(
+        training_id=training_id,
+        request_id=verified.request_id,
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        status=str(document.get("status", ""))[:16],
+        body=document,
+    )
+    return await store_once(
+        session, event, apply_job=APPLY_EVENT_JOB, context={"training_id": str(training_id)}
+    )
 
-    digest = hashlib.sha256(body).hexdigest()
-    status = str(document.get("status", ""))[:16]
+
+class _FalRequestRow(Protocol):
+    request_id: str | None
+    endpoint: str
+    submit_started_at: datetime | None
+
+
+class _StoredEvent(Protocol):
+    id: uuid.UUID
+    request_id: str
+    status: str
+
+
+async def match_request(
+    session: AsyncSession,
+    row: _FalRequestRow,
+    request_id: str,
+    *,
+    submitting: bool,
+    ended: bool,
+    context: Mapping[str, str],
+) -> None:
+    """Require that the signed request id is the one fal created for ``row`` (locked).
+
+    When our submit call lost fal's reply, the row has no request id yet: the signed webhook
+    carrying the row's token tells us which request fal created, and it is adopted. A row
+    that ended meanwhile (cancelled, or given up as lost) keeps its status; fal's copy is
+    stopped instead.
+    """
+    attempted = submitting or (ended and row.submit_started_at is not None)
+    if row.request_id is None and attempted:
+        row.request_id = request_id
+        session.add(row)
+        if ended:
+            await enqueue_cleanup(
+                session, endpoint=row.endpoint, request_id=request_id, cancel=True
+            )
+        logger.warning("fal.webhook_adopted_request", extra={**context, "request_id": request_id})
+    elif row.request_id != request_id:
+        raise _reject("unknown_request", **context)
+
+
+async def store_once(
+    session: AsyncSession, event: _StoredEvent, *, apply_job: str, context: Mapping[str, str]
+) -> bool:
+    """Store a verified event and its apply job; False (nothing new) for a re-delivery."""
     try:
         async with session.begin_nested():
-            event = FalWebhookEvent(
-                training_id=training_id,
-                request_id=verified.request_id,
-                body_sha256=digest,
-                status=status,
-                body=document,
-            )
             session.add(event)
             await session.flush()
     except IntegrityError:
-        logger.info(
-            "fal.webhook_duplicate",
-            extra={"training_id": str(training_id), "request_id": verified.request_id},
-        )
+        logger.info("fal.webhook_duplicate", extra={**context, "request_id": event.request_id})
         FAL_WEBHOOKS.labels(result="duplicate").inc()
         return False
-    await enqueue(session, kind=APPLY_EVENT_JOB, payload={"event_id": str(event.id)})
+    await enqueue(session, kind=apply_job, payload={"event_id": str(event.id)})
     FAL_WEBHOOKS.labels(result="accepted").inc()
     logger.info(
         "fal.webhook_received",
-        extra={
-            "training_id": str(training_id),
-            "request_id": verified.request_id,
-            "status": status,
-        },
+        extra={**context, "request_id": event.request_id, "status": event.status},
     )
     return True
