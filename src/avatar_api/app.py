@@ -15,10 +15,11 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api import __version__
+from avatar_api.auth.service import PrincipalCache
 from avatar_api.avatars.router import router as avatars_router
 from avatar_api.avatars.router import users_router
 from avatar_api.bootstrap import build_services
-from avatar_api.db import create_engine, create_sessionmaker
+from avatar_api.db import create_engine, create_read_sessionmaker, create_sessionmaker
 from avatar_api.errors import PROBLEM_CONTENT_TYPE, install_error_handlers
 from avatar_api.fal.gateway import TrainerGateway
 from avatar_api.fal.simulator import simulator_jwks_url
@@ -31,6 +32,7 @@ from avatar_api.nul_guard import NulGuard
 from avatar_api.observability import install_observability
 from avatar_api.observability.router import router as metrics_router
 from avatar_api.photos.router import router as photos_router
+from avatar_api.rate_limit import RateLimiter
 from avatar_api.runtime import run_background
 from avatar_api.settings import Settings
 from avatar_api.storage.base import ObjectStorage
@@ -92,6 +94,15 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = sessionmaker
+    app.state.read_sessionmaker = create_read_sessionmaker(sessionmaker)
+    app.state.principal_cache = PrincipalCache(settings.auth_cache_seconds)
+    app.state.rate_limiter = (
+        RateLimiter(
+            limit=settings.rate_limit_per_minute, sessionmaker=sessionmaker, clock=services.clock
+        )
+        if settings.rate_limit_per_minute > 0
+        else None
+    )
     app.state.services = services
     app.state.storage = services.storage
     app.state.upload_semaphore = asyncio.Semaphore(settings.upload_concurrency)

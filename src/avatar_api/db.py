@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -44,6 +46,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Marks the engine of read sessions on SQLite, whose driver already runs in autocommit mode
+# (see _configure_sqlite): only our own BEGIN is skipped. Switching pysqlite's isolation
+# level instead would bring its implicit transactions back when the pool resets it.
+READ_ONLY_OPTION = "avatar_read_only"
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     # pysqlite's own transaction handling breaks SAVEPOINT and emits BEGIN lazily; take
     # over as SQLAlchemy's docs recommend, and use WAL so the in-process worker and the
@@ -59,9 +67,38 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(READ_ONLY_OPTION):
+            return  # a read session: each statement is its own transaction
         # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
         # instead of failing with "database is locked" when upgrading a read lock.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# A pooled connection idle for longer than this is pinged before use. A busy pool is
+# never pinged (a ping costs three round trips on asyncpg, more than the query it guards);
+# a connection that sat idle across a database restart or an idle-timeout is caught before
+# a request sees it.
+PING_AFTER_IDLE_SECONDS = 5.0
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    """SQLAlchemy's pessimistic disconnect handling, applied to idle connections only."""
+    dialect = engine.sync_engine.dialect
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another.
+            raise DisconnectionError("idle connection failed its ping") from exc
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -70,16 +107,37 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
+        # A fixed pool: under load, overflow connections would be opened and closed over and
+        # over (each one a new backend and empty prepared-statement cache); requests queue
+        # for a connection instead.
         pool_size=settings.database_pool_size,
-        max_overflow=settings.database_pool_size,
-        pool_pre_ping=True,
+        max_overflow=0,
     )
+    _ping_idle_connections(engine)
+    return engine
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+def create_read_sessionmaker(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions for requests that only read: no BEGIN/COMMIT round trips, no write lock.
+
+    Each statement runs in its own implicit transaction (autocommit), which is right for a
+    route that reads one consistent row or page and writes nothing. A sessionmaker bound to
+    a connection (the tests' rolled-back transaction) is returned as it is.
+    """
+    bind = sessionmaker.kw.get("bind")
+    if not isinstance(bind, AsyncEngine):
+        return sessionmaker
+    if bind.dialect.name == "sqlite":
+        return create_sessionmaker(bind.execution_options(**{READ_ONLY_OPTION: True}))
+    return create_sessionmaker(bind.execution_options(isolation_level="AUTOCOMMIT"))
 
 
 @asynccontextmanager

@@ -10,7 +10,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api import rate_limit
-from avatar_api.auth.service import Principal, authenticate
+from avatar_api.auth.service import (
+    Principal,
+    PrincipalCache,
+    authenticate_digest,
+    hash_key,
+    require_secret,
+)
 from avatar_api.db import session_scope
 from avatar_api.observability.context import bind_principal
 from avatar_api.services import Services
@@ -19,6 +25,11 @@ from avatar_api.settings import Settings
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     async with session_scope(request.app.state.sessionmaker) as session:
+        yield session
+
+
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with session_scope(request.app.state.read_sessionmaker) as session:
         yield session
 
 
@@ -35,6 +46,8 @@ def get_settings(request: Request) -> Settings:
 # scope="function" runs the commit before the response is sent: a 2xx is never
 # answered for effects that could still fail to commit.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+# For routes that only read: no transaction round trips (see db.create_read_sessionmaker).
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServicesDep = Annotated[Services, Depends(get_services)]
 
@@ -45,23 +58,21 @@ async def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    services: Services = request.app.state.services
-    limit = services.settings.rate_limit_per_minute
-    decision = None
-    # Its own short transaction: the request's unit of work starts only when the route
-    # needs it, so long requests (uploads) hold no transaction while they stream. The
-    # rate-limit count shares it, so it is committed even when the request later fails.
-    async with session_scope(request.app.state.sessionmaker) as session:
-        principal = await authenticate(
-            session, secret=credentials.credentials if credentials else None
-        )
-        bind_principal(tenant_id=principal.tenant_id, api_key_id=principal.api_key_id)
-        if limit > 0:
-            decision = await rate_limit.count_request(
-                session, key_id=principal.api_key_id, limit=limit, now=services.clock()
-            )
-    if decision is not None:
-        rate_limit.enforce(decision)
+    state = request.app.state
+    digest = hash_key(require_secret(credentials.credentials if credentials else None))
+    cache: PrincipalCache = state.principal_cache
+    principal = cache.get(digest)
+    if principal is None:
+        # Its own short read: the request's unit of work starts only when the route needs
+        # it, so long requests (uploads) hold no transaction while they stream.
+        async with session_scope(state.read_sessionmaker) as session:
+            principal = await authenticate_digest(session, digest)
+        cache.put(digest, principal)
+    bind_principal(tenant_id=principal.tenant_id, api_key_id=principal.api_key_id)
+    limiter: rate_limit.RateLimiter | None = state.rate_limiter
+    if limiter is not None:
+        # Counted in its own transaction, so it sticks even when the request later fails.
+        rate_limit.enforce(await limiter.check(principal.api_key_id))
     return principal
 
 

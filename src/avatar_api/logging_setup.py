@@ -41,9 +41,16 @@ _SENSITIVE_KEY = re.compile(
     r"(?i)(authorization|api[_-]?key|secret|signature|token|fal[_-]?key|password|passwd"
     r"|cookie|credential)"
 )
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+# (pattern, replacement, needles): a pattern runs only on text that contains one of its
+# needles (compared with the lower-cased text), which every match must contain. Most log
+# values (ids, names, numbers) contain none, and skip the regular expressions entirely.
+_PATTERNS: tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...] = (
     # scheme://user:password@host
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^@\s/]+@"), rf"\1{REDACTED}@"),
+    (
+        re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^@\s/]+@"),
+        rf"\1{REDACTED}@",
+        ("://",),
+    ),
     # The per-training (and per-generation) token in fal webhook URLs, plain or URL-encoded.
     (
         re.compile(
@@ -51,6 +58,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
             r"[0-9a-f-]{36}(?:/|%2F))[A-Za-z0-9_-]+"
         ),
         rf"\1{REDACTED}",
+        ("webhooks",),
     ),
     # Signed URLs: signature=, X-Amz-Signature=, X-Amz-Credential=, token=, ...
     (
@@ -59,16 +67,22 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
             r"[a-z0-9_-]*)=)[^&\s\"'#\\]+"
         ),
         rf"\1{REDACTED}",
+        ("=",),
     ),
-    (re.compile(r"\bavk_[A-Za-z0-9_-]{8,}"), f"avk_{REDACTED}"),
-    (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]{8,}"), f"whsec_{REDACTED}"),
+    (re.compile(r"\bavk_[A-Za-z0-9_-]{8,}"), f"avk_{REDACTED}", ("avk_",)),
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]{8,}"), f"whsec_{REDACTED}", ("whsec_",)),
     # Authorization header values: fal's "Key id:secret" (a digit or colon in it, so that
     # "Foreign Key constraint" stays readable), bearer and basic credentials.
-    (re.compile(r"\bKey\s+(?=[^\s]*[\d:])[A-Za-z0-9._~+/:=-]{8,}"), f"Key {REDACTED}"),
-    (re.compile(r"\b([Bb]earer|[Bb]asic)\s+[A-Za-z0-9._~+/:=-]{8,}"), rf"\1 {REDACTED}"),
+    (re.compile(r"\bKey\s+(?=[^\s]*[\d:])[A-Za-z0-9._~+/:=-]{8,}"), f"Key {REDACTED}", ("key",)),
+    (
+        re.compile(r"\b([Bb]earer|[Bb]asic)\s+[A-Za-z0-9._~+/:=-]{8,}"),
+        rf"\1 {REDACTED}",
+        ("bearer", "basic"),
+    ),
 )
 _MIN_SECRET_CHARS = 8
 _known_secrets: set[str] = set()
+_secrets_longest_first: tuple[str, ...] = ()
 
 
 def register_secret_values(*values: str | None) -> None:
@@ -78,6 +92,8 @@ def register_secret_values(*values: str | None) -> None:
             continue
         parts = [value, *value.split(":")] if ":" in value else [value]  # fal keys: id:secret
         _known_secrets.update(p for p in parts if len(p) >= _MIN_SECRET_CHARS)
+    global _secrets_longest_first
+    _secrets_longest_first = tuple(sorted(_known_secrets, key=len, reverse=True))
 
 
 def register_secrets(settings: object) -> None:
@@ -90,11 +106,14 @@ def register_secrets(settings: object) -> None:
 
 
 def redact_text(text: str) -> str:
-    for secret in sorted(_known_secrets, key=len, reverse=True):
+    for secret in _secrets_longest_first:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    lowered = text.lower()
+    for pattern, replacement, needles in _PATTERNS:
+        if any(needle in lowered for needle in needles):
+            text = pattern.sub(replacement, text)
+            lowered = text.lower()
     return text
 
 

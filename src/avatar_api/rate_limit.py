@@ -1,32 +1,42 @@
 """Per-API-key rate limit: a fixed one-minute window counted in the database.
 
 The counter lives in ``rate_limit_windows`` so that every API process (on every machine)
-counts against the same budget. One atomic upsert per request,
-``INSERT ... ON CONFLICT DO UPDATE SET count = count + 1 RETURNING count``, on PostgreSQL
-and SQLite alike: no read-modify-write race, no lost increments. Every authenticated
-response carries the IETF draft ``RateLimit-*`` headers; a refused one is a 429 problem
-(``rate_limited``) with ``Retry-After``.
+counts against the same budget. It moves by one atomic upsert,
+``INSERT ... ON CONFLICT DO UPDATE SET count = count + n RETURNING count``, on PostgreSQL
+and SQLite alike: no read-modify-write race, no lost increments. A process reserves a
+block of the budget with one upsert and spends it locally (:class:`RateLimiter`), so a busy
+key does not cost one database write per request. Every authenticated response carries
+the IETF draft ``RateLimit-*`` headers; a refused one is a 429 problem (``rate_limited``)
+with ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from avatar_api.db import session_scope
 from avatar_api.errors import AppError
 from avatar_api.models import RateLimitWindow
 from avatar_api.observability.context import add_response_headers
 from avatar_api.observability.metrics import RATE_LIMITED
 
 WINDOW_SECONDS = 60
+# A process reserves at most this share of a key's per-minute budget at a time...
+RESERVATION_DIVISOR = 50
+# ...and never more than this many requests.
+MAX_RESERVATION = 1000
 
 
 class RateLimited(AppError):
@@ -62,34 +72,116 @@ def window_start(now: datetime) -> datetime:
     return now.replace(second=0, microsecond=0)
 
 
+def reset_seconds(start: datetime, now: datetime) -> int:
+    ends = start + timedelta(seconds=WINDOW_SECONDS)
+    return max(1, math.ceil((ends - now).total_seconds()))
+
+
 async def count_request(
-    session: AsyncSession, *, key_id: uuid.UUID, limit: int, now: datetime
+    session: AsyncSession, *, key_id: uuid.UUID, limit: int, now: datetime, amount: int = 1
 ) -> RateLimitDecision:
-    """Count one request of ``key_id`` in the current window (flushes, never commits)."""
+    """Add ``amount`` requests of ``key_id`` to the current window (flushes, never commits).
+
+    The decision's ``count`` is the window's total after the addition.
+    """
     start = window_start(now)
     table = RateLimitWindow.__table__  # type: ignore[attr-defined]
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     upsert = (
         insert(table)
-        .values(key_id=key_id, window_start=start, count=1)
+        .values(key_id=key_id, window_start=start, count=amount)
         .on_conflict_do_update(
             index_elements=[table.c.key_id, table.c.window_start],
-            set_={"count": table.c["count"] + 1},
+            set_={"count": table.c["count"] + amount},
         )
         .returning(table.c["count"])
     )
     count = int((await session.exec(upsert)).scalar_one())
-    if count == 1:
+    if count == amount:
         # The first request of a new window: the key's older windows are of no more use.
         await session.exec(
             delete(RateLimitWindow).where(
                 col(RateLimitWindow.key_id) == key_id, col(RateLimitWindow.window_start) < start
             )
         )
-    ends = start + timedelta(seconds=WINDOW_SECONDS)
-    reset = max(1, math.ceil((ends - now).total_seconds()))
-    return RateLimitDecision(limit=limit, count=count, reset_seconds=reset)
+    return RateLimitDecision(limit=limit, count=count, reset_seconds=reset_seconds(start, now))
+
+
+@dataclass
+class _Window:
+    """One key's current window, as this process sees it."""
+
+    start: datetime
+    counted: int = 0  # the shared count after our last reservation, capped at the limit
+    left: int = 0  # reserved by this process and not spent yet
+    exhausted: bool = False  # the shared budget is spent: refuse until the window ends
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class RateLimiter:
+    """This process's view of every key's shared budget.
+
+    A key's first request in a window, and each time the process's reserved block runs out,
+    adds a block to the shared count in one short transaction; the requests in between are
+    counted in memory. The block is 1/50 of the limit (at least one request, at most 1,000):
+    with a small limit every request is still counted in the database, and with several
+    API processes a key is never admitted beyond its limit - at worst it is refused up to
+    (processes - 1) blocks early, by budget that another process reserved and did not use.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        clock: Callable[[], datetime],
+    ) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.block = max(1, min(limit // RESERVATION_DIVISOR, MAX_RESERVATION))
+        self._sessionmaker = sessionmaker
+        self._clock = clock
+        self._windows: dict[uuid.UUID, _Window] = {}
+
+    async def check(self, key_id: uuid.UUID) -> RateLimitDecision:
+        """Count one request of ``key_id``; the decision says whether it is allowed."""
+        now = self._clock()
+        window = self._current(key_id, window_start(now))
+        while window.left == 0 and not window.exhausted:
+            async with window.lock:
+                if window.left == 0 and not window.exhausted:
+                    await self._reserve(key_id, window, now)
+        reset = reset_seconds(window.start, now)
+        if window.left == 0:
+            return RateLimitDecision(limit=self.limit, count=self.limit + 1, reset_seconds=reset)
+        window.left -= 1
+        return RateLimitDecision(
+            limit=self.limit, count=window.counted - window.left, reset_seconds=reset
+        )
+
+    def _current(self, key_id: uuid.UUID, start: datetime) -> _Window:
+        window = self._windows.get(key_id)
+        if window is None or window.start != start:
+            if window is None and len(self._windows) >= 4 * MAX_RESERVATION:
+                # Forget the keys that were last seen in an earlier window.
+                self._windows = {k: w for k, w in self._windows.items() if w.start == start}
+            window = self._windows[key_id] = _Window(start=start)
+        return window
+
+    async def _reserve(self, key_id: uuid.UUID, window: _Window, now: datetime) -> None:
+        async with session_scope(self._sessionmaker) as session:
+            total = (
+                await count_request(
+                    session, key_id=key_id, limit=self.limit, now=now, amount=self.block
+                )
+            ).count
+        before = total - self.block
+        granted = max(0, min(self.block, self.limit - before))
+        window.left = granted
+        window.counted = before + granted
+        window.exhausted = granted < self.block
 
 
 def enforce(decision: RateLimitDecision) -> None:

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     # --- service ---
     environment: Environment = Environment.development
     database_url: str = "sqlite+aiosqlite:///./var/avatar.db"
-    database_pool_size: int = Field(default=10, ge=1)
+    database_pool_size: int = Field(default=20, ge=1)
     public_base_url: str = "http://127.0.0.1:8000"
     secret_key: SecretStr = SecretStr(DEV_SECRET)
     log_level: str = "INFO"
@@ -137,6 +137,7 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
     rate_limit_per_minute: int = Field(default=120, ge=0)
+    auth_cache_seconds: float = Field(default=10.0, ge=0, le=300)
     quota_concurrent_trainings: int = Field(default=3, ge=0)
     quota_trainings_per_day: int = Field(default=20, ge=0)
     shutdown_grace_seconds: float = Field(default=8.0, gt=0, le=3600)

@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from avatar_api.auth.service import authenticate, hash_key, list_api_keys, revoke_api_key
+from avatar_api.auth.service import (
+    Principal,
+    PrincipalCache,
+    authenticate,
+    hash_key,
+    list_api_keys,
+    revoke_api_key,
+)
 from avatar_api.errors import Unauthorized
 from avatar_api.models import ApiKey
 
@@ -38,8 +47,11 @@ async def test_protected_routes_need_a_valid_key(
 
 
 async def test_keys_are_stored_hashed_and_revocable(
-    session: AsyncSession, api_key: str, client: httpx.AsyncClient
+    session: AsyncSession, api_key: str, app: FastAPI, client: httpx.AsyncClient
 ) -> None:
+    now = [1000.0]
+    cache = PrincipalCache(10.0, clock=lambda: now[0])
+    app.state.principal_cache = cache
     rows = await list_api_keys(session)
     stored = [key for key, _ in rows if key.key_hash == hash_key(api_key)]
     assert len(stored) == 1
@@ -47,17 +59,40 @@ async def test_keys_are_stored_hashed_and_revocable(
     assert stored[0].prefix == api_key[:12]
 
     assert (await client.get("/v1/avatars")).status_code == 200
+    assert cache.get(hash_key(api_key)) is not None
     await revoke_api_key(session, api_key_id=stored[0].id)
     await session.commit()
+    # This process trusts the key it checked for the cache's lifetime, then looks again.
+    now[0] += 9.9
+    assert (await client.get("/v1/avatars")).status_code == 200
+    now[0] += 0.1
     assert (await client.get("/v1/avatars")).status_code == 401
+    assert cache.get(hash_key(api_key)) is None
     with pytest.raises(Unauthorized):
         await authenticate(session, secret=api_key)
 
 
 async def test_revoking_unknown_key_is_404(session: AsyncSession) -> None:
-    import uuid
-
     with pytest.raises(Exception, match="No API key") as info:
         await revoke_api_key(session, api_key_id=uuid.uuid4())
     assert getattr(info.value, "status_code", None) == 404
     assert isinstance(await session.get(ApiKey, uuid.uuid4()), type(None))
+
+
+def test_principal_cache_is_bounded_and_keeps_only_what_it_is_given() -> None:
+    now = [0.0]
+    cache = PrincipalCache(5.0, max_entries=3, clock=lambda: now[0])
+    principals = {
+        f"d{i}": Principal(tenant_id=uuid.uuid4(), api_key_id=uuid.uuid4()) for i in range(4)
+    }
+    for digest, principal in principals.items():
+        cache.put(digest, principal)
+    # The oldest entry made room for the fourth.
+    assert cache.get("d0") is None
+    assert [cache.get(f"d{i}") for i in (1, 2, 3)] == [principals[f"d{i}"] for i in (1, 2, 3)]
+    now[0] = 5.0
+    assert cache.get("d3") is None
+
+    disabled = PrincipalCache(0.0)
+    disabled.put("d0", principals["d0"])
+    assert disabled.get("d0") is None

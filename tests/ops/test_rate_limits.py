@@ -20,7 +20,7 @@ from avatar_api.app import create_app
 from avatar_api.auth.service import authenticate, create_api_key
 from avatar_api.db import create_sessionmaker, session_scope
 from avatar_api.models import RateLimitWindow, Tenant
-from avatar_api.rate_limit import count_request
+from avatar_api.rate_limit import RateLimiter, count_request
 from tests.conftest import make_settings
 from tests.fakes import RecordingGateway
 
@@ -183,3 +183,61 @@ async def test_concurrent_requests_never_lose_a_count(
 
     counts = await asyncio.gather(*(one() for _ in range(requests)))
     assert sorted(counts) == list(range(1, requests + 1))
+
+
+def _limiter(engine: AsyncEngine, limit: int, now: datetime) -> RateLimiter:
+    return RateLimiter(limit=limit, sessionmaker=create_sessionmaker(engine), clock=lambda: now)
+
+
+async def _shared_count(engine: AsyncEngine, key_id: uuid.UUID) -> int:
+    async with session_scope(create_sessionmaker(engine)) as session:
+        rows = await session.exec(select(RateLimitWindow).where(RateLimitWindow.key_id == key_id))
+        return sum(row.count for row in rows.all())
+
+
+async def test_a_busy_key_reserves_blocks_instead_of_writing_per_request(
+    engine: AsyncEngine, committed_key: uuid.UUID
+) -> None:
+    now = datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC)
+    limiter = _limiter(engine, 500, now)
+    assert limiter.block == 10
+
+    decisions = [await limiter.check(committed_key) for _ in range(25)]
+    # Three blocks of ten reserved in the shared counter for 25 requests...
+    assert await _shared_count(engine, committed_key) == 30
+    # ...and the headers count the requests themselves.
+    assert [d.count for d in decisions] == list(range(1, 26))
+    assert decisions[-1].remaining == 475
+    assert all(d.allowed and d.reset_seconds == 30 for d in decisions)
+
+
+async def test_processes_reserving_blocks_never_admit_beyond_the_limit(
+    engine: AsyncEngine, committed_key: uuid.UUID
+) -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    limit = 120  # blocks of 2
+    processes = [_limiter(engine, limit, now) for _ in range(3)]
+
+    async def hammer(limiter: RateLimiter) -> int:
+        admitted = 0
+        for _ in range(60):
+            admitted += (await limiter.check(committed_key)).allowed
+        return admitted
+
+    admitted = await asyncio.gather(*(hammer(p) for p in processes))
+    # 180 requests against 120: never more, and at most (3 - 1) blocks fewer.
+    assert limit - 2 * 2 <= sum(admitted) <= limit
+
+    # Once a process has seen the shared budget spent, its refusals cost no more writes.
+    for limiter in processes:
+        assert not (await limiter.check(committed_key)).allowed
+    spent = await _shared_count(engine, committed_key)
+    for limiter in processes:
+        refused = await limiter.check(committed_key)
+        assert not refused.allowed
+        assert refused.remaining == 0
+    assert await _shared_count(engine, committed_key) == spent
+
+    # A new window starts a new budget.
+    later = _limiter(engine, limit, now + timedelta(minutes=1))
+    assert (await later.check(committed_key)).count == 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlmodel import col, select
@@ -80,10 +82,57 @@ async def revoke_api_key(session: AsyncSession, *, api_key_id: uuid.UUID) -> Api
     return api_key
 
 
-async def authenticate(session: AsyncSession, *, secret: str | None) -> Principal:
+class PrincipalCache:
+    """Keys this process authenticated recently, so a busy client costs no lookup per request.
+
+    Entries are keyed by the key's SHA-256 (the secret itself is never kept) and live for
+    ``ttl_seconds``: a revoked key stops working in every process within that time. Only
+    successful lookups are kept; the size is bounded, the oldest entry going first.
+    """
+
+    def __init__(
+        self,
+        ttl_seconds: float,
+        *,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, digest: str) -> Principal | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        expires, principal = entry
+        if self._clock() >= expires:
+            del self._entries[digest]
+            return None
+        return principal
+
+    def put(self, digest: str, principal: Principal) -> None:
+        if self.ttl_seconds <= 0:
+            return
+        self._entries.pop(digest, None)
+        while len(self._entries) >= self.max_entries:
+            del self._entries[next(iter(self._entries))]
+        self._entries[digest] = (self._clock() + self.ttl_seconds, principal)
+
+
+def require_secret(secret: str | None) -> str:
     if not secret:
         raise Unauthorized("Send your API key as 'Authorization: Bearer <key>'.")
-    digest = hash_key(secret)
+    return secret
+
+
+async def authenticate(session: AsyncSession, *, secret: str | None) -> Principal:
+    return await authenticate_digest(session, hash_key(require_secret(secret)))
+
+
+async def authenticate_digest(session: AsyncSession, digest: str) -> Principal:
+    """The principal of the key whose SHA-256 is ``digest``; 401 if unknown or revoked."""
     api_key = (await session.exec(select(ApiKey).where(ApiKey.key_hash == digest))).first()
     # The index lookup already matched; compare_digest keeps the final check constant-time.
     if (

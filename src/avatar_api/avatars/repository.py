@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, bindparam, or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.models import Avatar, AvatarStatus, TrainingType
 from avatar_api.pagination import Cursor
 
+# The hottest query of the API, built once: SQLAlchemy keeps the statement's cache key, so
+# a request neither rebuilds the expression nor recomputes the key.
+_GET = select(Avatar).where(
+    col(Avatar.tenant_id) == bindparam("tenant_id"), col(Avatar.id) == bindparam("avatar_id")
+)
+_GET_FOR_UPDATE = _GET.with_for_update()
+
 
 async def get(
     session: AsyncSession, *, tenant_id: uuid.UUID, avatar_id: uuid.UUID, for_update: bool = False
 ) -> Avatar | None:
-    stmt = select(Avatar).where(Avatar.tenant_id == tenant_id, Avatar.id == avatar_id)
-    if for_update:
-        stmt = stmt.with_for_update()
-    return (await session.exec(stmt)).first()
+    stmt = _GET_FOR_UPDATE if for_update else _GET
+    result = await session.exec(stmt, params={"tenant_id": tenant_id, "avatar_id": avatar_id})
+    return result.first()
 
 
 async def list_page(

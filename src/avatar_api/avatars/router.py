@@ -15,7 +15,13 @@ from avatar_api.avatars.schemas import (
     AvatarUpdate,
     UserDeletionReceipt,
 )
-from avatar_api.dependencies import PrincipalDep, ServicesDep, SessionDep, SettingsDep
+from avatar_api.dependencies import (
+    PrincipalDep,
+    ReadSessionDep,
+    ServicesDep,
+    SessionDep,
+    SettingsDep,
+)
 from avatar_api.errors import Unauthorized, problem_responses
 from avatar_api.models import AvatarStatus, TrainingType
 from avatar_api.pagination import CursorQuery, InvalidCursor, LimitQuery
@@ -48,7 +54,7 @@ async def create_avatar(
 )
 async def list_avatars(
     principal: PrincipalDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: LimitQuery = 20,
     cursor: CursorQuery = None,
     external_user_id: Annotated[str | None, Query(max_length=128)] = None,
@@ -73,7 +79,7 @@ async def list_avatars(
     responses=problem_responses(Unauthorized, AvatarNotFound),
 )
 async def get_avatar(
-    avatar_id: uuid.UUID, principal: PrincipalDep, session: SessionDep
+    avatar_id: uuid.UUID, principal: PrincipalDep, session: ReadSessionDep
 ) -> AvatarRead:
     """Get one avatar."""
     return service.to_read(

@@ -6,7 +6,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Request, Response, status
 
 from avatar_api.avatars.errors import AvatarNotFound
-from avatar_api.dependencies import PrincipalDep, ServicesDep, SessionDep, SettingsDep
+from avatar_api.dependencies import (
+    PrincipalDep,
+    ReadSessionDep,
+    ServicesDep,
+    SessionDep,
+    SettingsDep,
+)
 from avatar_api.errors import Unauthorized, problem_responses
 from avatar_api.generations import service
 from avatar_api.generations.errors import (
@@ -84,7 +90,10 @@ async def create_generation(
     responses=problem_responses(Unauthorized, GenerationNotFound),
 )
 async def get_generation(
-    generation_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, services: ServicesDep
+    generation_id: uuid.UUID,
+    principal: PrincipalDep,
+    session: ReadSessionDep,
+    services: ServicesDep,
 ) -> GenerationRead:
     """Get one generation: status, and once completed its images (short-lived URLs)."""
     generation = await service.get_generation(
@@ -101,7 +110,7 @@ async def get_generation(
 async def list_generations(
     avatar_id: uuid.UUID,
     principal: PrincipalDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     services: ServicesDep,
     limit: LimitQuery = 20,
     cursor: CursorQuery = None,

@@ -5,7 +5,7 @@ import uuid
 from fastapi import APIRouter, Request, Response, status
 
 from avatar_api.avatars.errors import AvatarNotFound
-from avatar_api.dependencies import PrincipalDep, ServicesDep, SessionDep
+from avatar_api.dependencies import PrincipalDep, ReadSessionDep, ServicesDep, SessionDep
 from avatar_api.errors import Unauthorized, problem_responses
 from avatar_api.photos import service
 from avatar_api.photos.errors import AvatarNotDraft, PhotoLimitReached, PhotoNotFound
@@ -81,7 +81,7 @@ async def upload_photos(
     responses=problem_responses(Unauthorized, AvatarNotFound),
 )
 async def list_photos(
-    avatar_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, services: ServicesDep
+    avatar_id: uuid.UUID, principal: PrincipalDep, session: ReadSessionDep, services: ServicesDep
 ) -> PhotoList:
     """List an avatar's accepted photos, oldest first, with the training bounds."""
     return await service.list_photos(
@@ -98,7 +98,7 @@ async def get_photo(
     avatar_id: uuid.UUID,
     photo_id: uuid.UUID,
     principal: PrincipalDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     services: ServicesDep,
 ) -> PhotoDetail:
     """Get one photo with a short-lived download URL of the stored JPEG."""

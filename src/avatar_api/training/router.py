@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response, status
 
 from avatar_api.avatars.errors import AvatarNotFound
-from avatar_api.dependencies import PrincipalDep, ServicesDep, SessionDep
+from avatar_api.dependencies import PrincipalDep, ReadSessionDep, ServicesDep, SessionDep
 from avatar_api.errors import Unauthorized, problem_responses
 from avatar_api.idempotency import IdempotencyKeyReused, IdempotentRequestInProgress
 from avatar_api.pagination import CursorQuery, InvalidCursor, LimitQuery
@@ -82,7 +82,7 @@ async def start_training(
     responses=problem_responses(Unauthorized, AvatarNotFound, TrainingNotFound),
 )
 async def get_current_training(
-    avatar_id: uuid.UUID, principal: PrincipalDep, session: SessionDep
+    avatar_id: uuid.UUID, principal: PrincipalDep, session: ReadSessionDep
 ) -> TrainingRead:
     """Get the avatar's latest training: status, queue position, progress, logs, result."""
     return service.to_read(
@@ -98,7 +98,7 @@ async def get_current_training(
 async def list_trainings(
     avatar_id: uuid.UUID,
     principal: PrincipalDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: LimitQuery = 20,
     cursor: CursorQuery = None,
 ) -> TrainingPage:
@@ -128,7 +128,7 @@ async def cancel_training(
     responses=problem_responses(Unauthorized, AvatarNotFound, LoraNotAvailable, LoraNotReady),
 )
 async def get_avatar_lora(
-    avatar_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, services: ServicesDep
+    avatar_id: uuid.UUID, principal: PrincipalDep, session: ReadSessionDep, services: ServicesDep
 ) -> LoraDownload:
     """Get a short-lived download URL of the avatar's trained LoRA file (our copy)."""
     return await lora_download(session, services=services, principal=principal, avatar_id=avatar_id)

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
 
-from avatar_api.dependencies import PrincipalDep, SessionDep, SettingsDep
+from avatar_api.dependencies import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep
 from avatar_api.errors import Unauthorized, problem_responses
 from avatar_api.models import WebhookDeliveryStatus
 from avatar_api.pagination import CursorQuery, InvalidCursor, LimitQuery
@@ -62,7 +62,10 @@ async def create_webhook_endpoint(
     responses=problem_responses(Unauthorized, InvalidCursor),
 )
 async def list_webhook_endpoints(
-    principal: PrincipalDep, session: SessionDep, limit: LimitQuery = 20, cursor: CursorQuery = None
+    principal: PrincipalDep,
+    session: ReadSessionDep,
+    limit: LimitQuery = 20,
+    cursor: CursorQuery = None,
 ) -> WebhookEndpointPage:
     """List your webhook endpoints, newest first, with cursor pagination."""
     return await service.list_endpoints(session, principal=principal, limit=limit, cursor=cursor)
@@ -74,7 +77,7 @@ async def list_webhook_endpoints(
     responses=problem_responses(Unauthorized, WebhookEndpointNotFound),
 )
 async def get_webhook_endpoint(
-    endpoint_id: uuid.UUID, principal: PrincipalDep, session: SessionDep
+    endpoint_id: uuid.UUID, principal: PrincipalDep, session: ReadSessionDep
 ) -> WebhookEndpointRead:
     """Get one webhook endpoint (without its secret)."""
     return service.to_read(
@@ -104,7 +107,7 @@ async def delete_webhook_endpoint(
 async def list_webhook_deliveries(
     endpoint_id: uuid.UUID,
     principal: PrincipalDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: LimitQuery = 20,
     cursor: CursorQuery = None,
     status: WebhookDeliveryStatus | None = None,
