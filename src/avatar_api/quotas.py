@@ -2,7 +2,8 @@
 
 - ``AVATAR_QUOTA_CONCURRENT_TRAININGS``: trainings queued or running at once.
 - ``AVATAR_QUOTA_TRAININGS_PER_DAY``: trainings started in any rolling 24 hours, whatever
-  became of them (a failed training still cost a submission).
+  became of them (a failed training still cost a submission) and of their avatars: each
+  start is charged in ``training_quota_charges``, which erasing an avatar leaves alone.
 
 Either set to 0 disables that quota.
 """
@@ -13,13 +14,13 @@ import math
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import func
+from sqlalchemy import delete, func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.db import utcnow
 from avatar_api.errors import AppError
-from avatar_api.models import Tenant, Training, TrainingStatus
+from avatar_api.models import Tenant, Training, TrainingQuotaCharge, TrainingStatus
 from avatar_api.observability.metrics import QUOTA_REJECTIONS
 from avatar_api.settings import Settings
 
@@ -31,6 +32,8 @@ QUOTA_ACTIVE_STATUSES = (
     TrainingStatus.in_progress,
 )
 DAY = timedelta(hours=24)
+# Charges older than this are purged by housekeeping (they left the window long ago).
+CHARGES_KEPT = 2 * DAY
 
 
 class QuotaExceeded(AppError):
@@ -80,14 +83,22 @@ async def check_training_quotas(
 
     if daily:
         since = now - DAY
-        recent = await _count(session, mine, col(Training.created_at) > since)
+        charged = col(TrainingQuotaCharge.tenant_id) == tenant_id
+        in_window = col(TrainingQuotaCharge.started_at) > since
+        recent = int(
+            (
+                await session.exec(
+                    select(func.count()).select_from(TrainingQuotaCharge).where(charged, in_window)
+                )
+            ).one()
+        )
         if recent >= daily:
-            # The window frees a slot when the oldest training that keeps it full ages out.
+            # The window frees a slot when the oldest start that keeps it full ages out.
             frees = (
                 await session.exec(
-                    select(Training.created_at)
-                    .where(mine, col(Training.created_at) > since)
-                    .order_by(col(Training.created_at))
+                    select(TrainingQuotaCharge.started_at)
+                    .where(charged, in_window)
+                    .order_by(col(TrainingQuotaCharge.started_at))
                     .offset(recent - daily)
                     .limit(1)
                 )
@@ -99,6 +110,20 @@ async def check_training_quotas(
                 f"{daily}; the next one can start in {_human(retry_after)}.",
                 headers={"Retry-After": str(retry_after)},
             )
+
+
+def charge_training_start(
+    session: AsyncSession, *, tenant_id: uuid.UUID, now: datetime | None = None
+) -> None:
+    """Count a training start against the tenant's daily quota (in the caller's transaction)."""
+    session.add(TrainingQuotaCharge(tenant_id=tenant_id, started_at=now or utcnow()))
+
+
+async def purge_old_charges(session: AsyncSession, *, now: datetime) -> int:
+    result = await session.exec(
+        delete(TrainingQuotaCharge).where(col(TrainingQuotaCharge.started_at) < now - CHARGES_KEPT)
+    )
+    return int(result.rowcount or 0)
 
 
 async def _count(session: AsyncSession, *conditions: object) -> int:

@@ -32,6 +32,7 @@ from avatar_api.models import (
 from avatar_api.quotas import (
     ConcurrentTrainingsQuotaExceeded,
     DailyTrainingsQuotaExceeded,
+    charge_training_start,
     check_training_quotas,
 )
 from avatar_api.services import Services
@@ -95,6 +96,7 @@ async def make_training(
         created_at=created_at or utcnow(),
     )
     session.add(training)
+    charge_training_start(session, tenant_id=avatar.tenant_id, now=training.created_at)
     await session.flush()
     return training
 
@@ -225,6 +227,33 @@ async def test_the_daily_quota_over_http(
     assert refused.status_code == 429
     assert refused.json()["code"] == "quota_daily_trainings"
     assert 24 * 3600 - 60 <= int(refused.headers["Retry-After"]) <= 24 * 3600
+
+
+async def test_erasing_an_avatar_does_not_give_the_daily_quota_back(
+    database_url: str,
+    tmp_path: Path,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    session: AsyncSession,
+    api_key: str,
+    principal: Principal,
+) -> None:
+    settings = quota_settings(
+        database_url, tmp_path, quota_trainings_per_day=1, quota_concurrent_trainings=0
+    )
+    app = create_app(settings, sessionmaker=sessionmaker, gateway=RecordingGateway())
+    first = await make_avatar(session, principal.tenant_id)
+    second = await make_avatar(session, principal.tenant_id)
+    await session.commit()
+    async with _client(app, api_key) as client:
+        assert (await start(client, first)).status_code == 202
+        # Train, erase, train again: the erased training still counts.
+        assert (await client.delete(f"/v1/avatars/{first.id}")).status_code in (200, 202, 204)
+        assert (
+            await session.exec(select(Training).where(Training.avatar_id == first.id))
+        ).first() is None
+        refused = await start(client, second)
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "quota_daily_trainings"
 
 
 async def test_the_concurrency_quota_counts_every_active_status(

@@ -10,7 +10,7 @@ from sqlmodel import select
 
 from avatar_api.db import session_scope, utcnow
 from avatar_api.jobs.queue import enqueue
-from avatar_api.models import IdempotencyKey, Job, JobStatus, Tenant
+from avatar_api.models import IdempotencyKey, Job, JobStatus, Tenant, TrainingQuotaCharge
 from avatar_api.training.reconciler import housekeeping
 from avatar_api.training.tokens import token_matches, webhook_token
 from tests.conftest import make_settings
@@ -46,13 +46,26 @@ async def test_old_finished_jobs_and_idempotency_keys_are_purged(
                     for key, age in (("stale", timedelta(hours=25)), ("fresh", timedelta(hours=1)))
                 ]
             )
+            session.add_all(
+                [
+                    TrainingQuotaCharge(tenant_id=tenant.id, started_at=now - age)
+                    for age in (timedelta(hours=49), timedelta(hours=25))
+                ]
+            )
         purged = await housekeeping(services)
-        assert purged == {"purged_jobs": 1, "purged_idempotency_keys": 1}
+        assert purged == {
+            "purged_jobs": 1,
+            "purged_idempotency_keys": 1,
+            "purged_quota_charges": 1,
+        }
         async with session_scope(services.sessionmaker) as session:
             kinds = {job.kind for job in (await session.exec(select(Job))).all()}
             keys = {row.key for row in (await session.exec(select(IdempotencyKey))).all()}
+            charges = (await session.exec(select(TrainingQuotaCharge))).all()
         assert kinds == {"x.recent", "x.pending"}
         assert keys == {"fresh"}
+        # Two days are kept: the rolling 24-hour window never needs more.
+        assert [c.started_at for c in charges] == [now - timedelta(hours=25)]
 
 
 def test_webhook_tokens_compare_safely() -> None:

@@ -3,7 +3,7 @@
 from avatar_api.models.avatar import Avatar, AvatarStatus, Gender, TrainingType
 from avatar_api.models.generation import Generation, GenerationStatus, GenerationWebhookEvent
 from avatar_api.models.job import Job, JobStatus
-from avatar_api.models.operations import RateLimitWindow
+from avatar_api.models.operations import RateLimitWindow, TrainingQuotaCharge
 from avatar_api.models.photo import Photo
 from avatar_api.models.tenant import ApiKey, Tenant
 from avatar_api.models.training import (
@@ -32,6 +32,7 @@ __all__ = [
     "SimulatedRequest",
     "Tenant",
     "Training",
+    "TrainingQuotaCharge",
     "TrainingStatus",
     "TrainingType",
     "WebhookDelivery",

@@ -19,6 +19,7 @@ from avatar_api.generations.tasks import reconcile_generations
 from avatar_api.jobs.maintenance import purge_finished
 from avatar_api.jobs.queue import enqueue
 from avatar_api.models import Generation, IdempotencyKey, Training
+from avatar_api.quotas import purge_old_charges
 from avatar_api.services import Services
 from avatar_api.training import repository
 from avatar_api.training.retention import apply_retention
@@ -134,7 +135,7 @@ async def requeue_orphaned_submits(services: Services) -> None:
 
 
 async def housekeeping(services: Services) -> dict[str, int]:
-    """Old finished jobs and idempotency keys go; they only grow otherwise."""
+    """Old finished jobs, idempotency keys and quota charges go; they only grow otherwise."""
     now = services.clock()
     async with session_scope(services.sessionmaker) as session:
         jobs = await purge_finished(session, older_than=FINISHED_JOBS_KEPT, now=now)
@@ -145,7 +146,12 @@ async def housekeeping(services: Services) -> dict[str, int]:
                 )
             )
         ).rowcount
-    return {"purged_jobs": jobs, "purged_idempotency_keys": int(keys or 0)}
+        charges = await purge_old_charges(session, now=now)
+    return {
+        "purged_jobs": jobs,
+        "purged_idempotency_keys": int(keys or 0),
+        "purged_quota_charges": charges,
+    }
 
 
 async def run_reconciler(services: Services, stop: asyncio.Event) -> None:

@@ -13,7 +13,7 @@ from avatar_api.jobs.queue import enqueue
 from avatar_api.models import Avatar, AvatarStatus, Training, TrainingStatus
 from avatar_api.pagination import Cursor
 from avatar_api.photos.repository import count_for_avatar
-from avatar_api.quotas import check_training_quotas
+from avatar_api.quotas import charge_training_start, check_training_quotas
 from avatar_api.services import Services
 from avatar_api.trainers import get_strategy
 from avatar_api.trainers.service import photo_bounds
@@ -117,6 +117,7 @@ async def start_training(
         photo_count=count,
     )
     session.add(training)
+    charge_training_start(session, tenant_id=avatar.tenant_id, now=training.created_at)
     set_avatar_status(avatar, AvatarStatus.queued)
     session.add(avatar)
     await session.flush()
