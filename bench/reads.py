@@ -4,7 +4,9 @@ Both servers run under the same uvicorn settings (one worker, uvloop, httptools,
 log from uvicorn) and take the same wrk load: 64 connections, one wrk thread, a warm-up,
 then 10 s. Ours runs as deployed: PostgreSQL (and, as a second row, the embedded SQLite
 file), JSON logs at INFO, the per-key rate limit counting (with a limit never reached).
-A third, informational row turns the rate limit off to show what its counting costs.
+An informational row measures bench/floor_app.py, a bare route that makes only the one
+primary-key SELECT (Core, no auth, no logging), on the same database and avatar: the part
+of the distance to the bare route that the database read alone accounts for.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ RPS_BAR = 0.40
 P99_BAR = 3.0
 
 
-def _ours(s: Stack, label: str, database_url: str, **env_overrides: object) -> WrkResult:
+def _ours(
+    s: Stack, label: str, database_url: str, *, floor: bool = False, **env_overrides: object
+) -> tuple[WrkResult, WrkResult | None]:
+    """Ours; with ``floor``, then bench/floor_app.py on the same database and avatar."""
     env = base_env(
         AVATAR_DATABASE_URL=database_url,
         AVATAR_STORAGE_LOCAL_ROOT=s.dir / f"storage-{label}",
@@ -50,9 +55,18 @@ def _ours(s: Stack, label: str, database_url: str, **env_overrides: object) -> W
         url = f"{server.url}/v1/avatars/{created.json()['id']}"
         check = httpx.get(url, headers=headers, timeout=10)
         check.raise_for_status()
-        return wrk_measured(url, headers=headers, server_pid=server.proc.pid)
+        ours = wrk_measured(url, headers=headers, server_pid=server.proc.pid)
     finally:
         server.stop()
+    if not floor:
+        return ours, None
+    reference = s.uvicorn(f"floor-{label}", "bench.floor_app:app", env)
+    try:
+        path = url.removeprefix(server.url)
+        httpx.get(reference.url + path, timeout=10).raise_for_status()
+        return ours, wrk_measured(reference.url + path, server_pid=reference.proc.pid)
+    finally:
+        reference.stop()
 
 
 def _bare(s: Stack) -> WrkResult:
@@ -100,12 +114,16 @@ def run() -> Outcome:
     outcome = Outcome(NAME)
     with stack(NAME) as s:
         bare = _bare(s)
-        pg = _ours(s, "pg", s.postgres())
-        sqlite = _ours(s, "sqlite", f"sqlite+aiosqlite:///{s.dir / 'reads.db'}")
-        pg_unlimited = _ours(s, "pg-nolimit", s.postgres(), AVATAR_RATE_LIMIT_PER_MINUTE=0)
+        pg, floor = _ours(s, "pg", s.postgres(), floor=True)
+        sqlite, _ = _ours(s, "sqlite", f"sqlite+aiosqlite:///{s.dir / 'reads.db'}")
     outcome.rows += _rows("PostgreSQL", pg, bare, bars=True, note="as deployed")
     outcome.rows += _rows("SQLite", sqlite, bare, bars=True, note="embedded default")
-    outcome.rows += _rows(
-        "PostgreSQL, rate limit off", pg_unlimited, bare, bars=False, note="diagnostic"
-    )
+    if floor is not None:
+        outcome.rows += _rows(
+            "floor: bare route + one SELECT, PostgreSQL",
+            floor,
+            bare,
+            bars=False,
+            note="reference, bench/floor_app.py",
+        )
     return outcome

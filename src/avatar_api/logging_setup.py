@@ -80,6 +80,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...] = (
         ("bearer", "basic"),
     ),
 )
+# Any needle at all: most values match none and skip every pattern after one search.
+_ANY_NEEDLE = re.compile(
+    "|".join(re.escape(n) for _, _, needles in _PATTERNS for n in needles), re.IGNORECASE
+)
 _MIN_SECRET_CHARS = 8
 _known_secrets: set[str] = set()
 _secrets_longest_first: tuple[str, ...] = ()
@@ -109,6 +113,8 @@ def redact_text(text: str) -> str:
     for secret in _secrets_longest_first:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    if _ANY_NEEDLE.search(text) is None:
+        return text
     lowered = text.lower()
     for pattern, replacement, needles in _PATTERNS:
         if any(needle in lowered for needle in needles):
