@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger("avatar_api.errors")
 
@@ -207,14 +208,34 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
         )
     code, title = _STATUS_CODES.get(exc.status_code, ("http_error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
     return problem_response(
         status=exc.status_code,
         code=code,
         title=title,
         detail=detail,
         instance=request.url.path,
-        headers=exc.headers,
+        headers=headers,
     )
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette names only the first route's).
+
+    Several routes share a path with different methods (``GET`` and ``PATCH`` on an
+    avatar); each is asked, through the public ``matches``, whether it takes the method.
+    """
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -186,3 +186,23 @@ async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) 
     assert wrong.json()["code"] == "method_not_allowed"
     bad_id = await client.get("/v1/avatars/not-a-uuid")
     assert bad_id.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/v1/avatars", "GET, POST"),
+        ("PUT", f"/v1/avatars/{uuid.UUID(int=1)}", "GET, PATCH, DELETE"),
+        ("DELETE", "/healthz", "GET"),
+    ],
+)
+async def test_a_405_names_every_method_the_path_takes(
+    client: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    answer = await client.request(method, path)
+    assert answer.status_code == 405
+    assert answer.json()["code"] == "method_not_allowed"
+    assert answer.headers["Allow"] == allow
+    # Every method named is served there (an unknown id is a 404, not a 405).
+    for allowed in allow.split(", "):
+        assert (await client.request(allowed, path, json={})).status_code != 405
