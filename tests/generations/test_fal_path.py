@@ -31,9 +31,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from avatar_api.app import create_app
 from avatar_api.auth.service import Principal, create_api_key
 from avatar_api.db import utcnow
+from avatar_api.fal.cleanup import PROVIDER_CLEANUP_JOB, cleanup_provider_request
 from avatar_api.fal.client import FalClientGateway
 from avatar_api.fal.webhook_signature import FalWebhookSigner
 from avatar_api.generations import service
+from avatar_api.generations.errors import GenerationNotCancellable
 from avatar_api.generations.schemas import GenerationCreate
 from avatar_api.generations.tasks import (
     APPLY_JOB,
@@ -578,3 +580,104 @@ async def test_fal_error_webhook_fails_the_generation(
     assert failed.error_code == "fal_error"
     assert failed.error_message is not None
     assert "could not download" in failed.error_message
+
+
+async def cleanup_jobs(services: Services) -> list[dict[str, Any]]:
+    async with services.sessionmaker() as session:
+        rows = await session.exec(select(Job).where(Job.kind == PROVIDER_CLEANUP_JOB))
+        return [job.payload for job in rows.all()]
+
+
+async def cancel(services: Services, principal: Principal, generation: Generation) -> Generation:
+    async with services.sessionmaker() as session:
+        cancelled = await service.cancel_generation(
+            session, principal=principal, generation_id=generation.id
+        )
+        await session.commit()
+    return cancelled
+
+
+async def test_cancelling_a_submitted_generation_stops_it_at_fal(
+    services: Services, fal_app: FastAPI, httpx_mock: HTTPXMock
+) -> None:
+    principal, avatar, _ = await trained_avatar(services, training_type=TrainingType.portrait)
+    generation = await create(services, principal, avatar, prompt="in Rome")
+    add_submit(httpx_mock, FLUX_LORA)
+    await run(submit_generation, services, generation_id=str(generation.id))
+
+    # Over HTTP, as the caller does; another tenant cannot.
+    async with services.sessionmaker() as session:
+        owner = await create_api_key(session, tenant_name="unused")
+        await session.commit()
+    transport = httpx.ASGITransport(app=fal_app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as anon:
+        stranger = await anon.post(
+            f"/v1/generations/{generation.id}/cancel",
+            headers={"Authorization": f"Bearer {owner.secret}"},
+        )
+    assert stranger.status_code == 404
+    assert stranger.json()["code"] == "generation_not_found"
+
+    cancelled = await cancel(services, principal, generation)
+    assert cancelled.status is GenerationStatus.cancelled
+    assert cancelled.error_code == "cancelled"
+    assert await cleanup_jobs(services) == [
+        {"endpoint": FLUX_LORA, "request_id": REQUEST_ID, "cancel": True}
+    ]
+    with pytest.raises(GenerationNotCancellable):
+        await cancel(services, principal, generation)
+
+    # The cleanup job asks fal to cancel, then deletes the request's stored payloads.
+    request_url = f"{QUEUE}/{FLUX_LORA}/requests/{REQUEST_ID}"
+    httpx_mock.add_response(
+        method="PUT", url=f"{request_url}/cancel", json={"status": "CANCELLATION_REQUESTED"}
+    )
+    httpx_mock.add_response(method="DELETE", url=re.compile(".*payloads.*"), json={})
+    await run(
+        cleanup_provider_request, services, endpoint=FLUX_LORA, request_id=REQUEST_ID, cancel="1"
+    )
+    assert [r.method for r in httpx_mock.get_requests() if REQUEST_ID in str(r.url)][-2:] == [
+        "PUT",
+        "DELETE",
+    ]
+    # fal's late news changes nothing.
+    assert (await reload(services, generation)).status is GenerationStatus.cancelled
+
+
+async def test_a_generation_cancelled_while_being_submitted_is_stopped_when_fal_answers(
+    services: Services, httpx_mock: HTTPXMock
+) -> None:
+    principal, avatar, _ = await trained_avatar(services, training_type=TrainingType.portrait)
+    generation = await create(services, principal, avatar, prompt="in Oslo")
+
+    async def cancel_then_answer(request: httpx.Request) -> httpx.Response:
+        # The caller cancels while our submit call is at fal's door.
+        await cancel(services, principal, generation)
+        return httpx.Response(200, json=submit_reply(FLUX_LORA))
+
+    httpx_mock.add_callback(
+        cancel_then_answer,
+        method="POST",
+        url=re.compile(re.escape(f"{QUEUE}/{FLUX_LORA}?fal_webhook=") + ".*"),
+    )
+    await run(submit_generation, services, generation_id=str(generation.id))
+
+    done = await reload(services, generation)
+    assert done.status is GenerationStatus.cancelled
+    assert done.request_id == REQUEST_ID
+    assert await cleanup_jobs(services) == [
+        {"endpoint": FLUX_LORA, "request_id": REQUEST_ID, "cancel": True}
+    ]
+
+
+async def test_a_queued_generation_is_cancelled_before_fal_ever_sees_it(
+    services: Services,
+) -> None:
+    principal, avatar, _ = await trained_avatar(services, training_type=TrainingType.portrait)
+    generation = await create(services, principal, avatar, prompt="in Lima")
+    await cancel(services, principal, generation)
+    # No request at fal: nothing to clean up, and the submit job has nothing to do (no
+    # HTTP stub is registered, so any call to fal would fail the test).
+    await run(submit_generation, services, generation_id=str(generation.id))
+    assert (await reload(services, generation)).status is GenerationStatus.cancelled
+    assert await cleanup_jobs(services) == []

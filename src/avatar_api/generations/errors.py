@@ -14,6 +14,11 @@ class AvatarNotTrained(Conflict):
     title = "The avatar has no completed training to generate with"
 
 
+class GenerationNotCancellable(Conflict):
+    code = "generation_not_cancellable"
+    title = "The generation is not queued or running"
+
+
 class InvalidGenerationTransition(Conflict):
     code = "invalid_generation_transition"
     title = "The generation cannot move to that status"
@@ -21,6 +26,7 @@ class InvalidGenerationTransition(Conflict):
 
 __all__ = [
     "AvatarNotTrained",
+    "GenerationNotCancellable",
     "GenerationNotFound",
     "InvalidGenerationInput",
     "InvalidGenerationTransition",

@@ -17,6 +17,7 @@ from avatar_api.errors import Unauthorized, problem_responses
 from avatar_api.generations import service
 from avatar_api.generations.errors import (
     AvatarNotTrained,
+    GenerationNotCancellable,
     GenerationNotFound,
     InvalidGenerationInput,
 )
@@ -97,6 +98,24 @@ async def get_generation(
 ) -> GenerationRead:
     """Get one generation: status, and once completed its images (short-lived URLs)."""
     generation = await service.get_generation(
+        session, principal=principal, generation_id=generation_id
+    )
+    return await service.to_read(generation, services)
+
+
+@router.post(
+    "/v1/generations/{generation_id}/cancel",
+    operation_id="cancel_generation",
+    responses=problem_responses(Unauthorized, GenerationNotFound, GenerationNotCancellable),
+)
+async def cancel_generation(
+    generation_id: uuid.UUID,
+    principal: PrincipalDep,
+    session: SessionDep,
+    services: ServicesDep,
+) -> GenerationRead:
+    """Cancel a queued or running generation (at fal too, where its payloads are deleted)."""
+    generation = await service.cancel_generation(
         session, principal=principal, generation_id=generation_id
     )
     return await service.to_read(generation, services)

@@ -1,4 +1,4 @@
-"""Generation use cases behind the API: create, read, list."""
+"""Generation use cases behind the API: create, read, list, cancel."""
 
 from __future__ import annotations
 
@@ -11,16 +11,22 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.auth.service import Principal
 from avatar_api.avatars.service import get_avatar
+from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.generations import repository
-from avatar_api.generations.errors import AvatarNotTrained, GenerationNotFound
+from avatar_api.generations.errors import (
+    AvatarNotTrained,
+    GenerationNotCancellable,
+    GenerationNotFound,
+)
 from avatar_api.generations.schemas import (
     GeneratedImage,
     GenerationCreate,
     GenerationPage,
     GenerationRead,
 )
+from avatar_api.generations.state import TERMINAL, set_generation_status
 from avatar_api.jobs.queue import enqueue
-from avatar_api.models import Avatar, AvatarStatus, Generation, Training
+from avatar_api.models import Avatar, AvatarStatus, Generation, GenerationStatus, Training
 from avatar_api.pagination import Cursor
 from avatar_api.services import Services
 from avatar_api.trainers import strategy_for_endpoint
@@ -170,6 +176,28 @@ async def get_generation(
     )
     if generation is None:
         raise GenerationNotFound(f"No generation with id {generation_id}.")
+    return generation
+
+
+async def cancel_generation(
+    session: AsyncSession, *, principal: Principal, generation_id: uuid.UUID
+) -> Generation:
+    """Cancel here at once; stopping fal's request (and deleting its payloads) is a job."""
+    await get_generation(session, principal=principal, generation_id=generation_id)
+    generation = await repository.lock(session, generation_id=generation_id)
+    if generation is None or generation.status in TERMINAL:
+        raise GenerationNotCancellable("Only a queued or running generation can be cancelled.")
+    await set_generation_status(session, generation, GenerationStatus.cancelled)
+    generation.error_code = "cancelled"
+    generation.error_message = "Cancelled by the caller."
+    session.add(generation)
+    if generation.request_id is not None:
+        await enqueue_cleanup(
+            session, endpoint=generation.endpoint, request_id=generation.request_id, cancel=True
+        )
+    # Still being submitted (no request id yet): the submit job stops fal's copy when fal
+    # answers (generations.tasks.submit_generation).
+    await session.flush()
     return generation
 
 

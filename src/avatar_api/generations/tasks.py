@@ -215,6 +215,11 @@ async def submit_generation(ctx: JobContext) -> None:
         locked.submitted_at = locked.submitted_at or utcnow()
         if locked.status is GenerationStatus.submitting:
             await set_generation_status(session, locked, GenerationStatus.in_queue)
+        elif locked.status is GenerationStatus.cancelled:
+            # Cancelled while fal was answering: stop the request it just created.
+            await enqueue_cleanup(
+                session, endpoint=locked.endpoint, request_id=submission.request_id, cancel=True
+            )
         session.add(locked)
     logger.info(
         "generation.submitted",
