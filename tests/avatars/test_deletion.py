@@ -175,3 +175,34 @@ async def test_deleting_a_running_training_cancels_it_at_the_provider(
     async with stack.engine.connect() as conn:
         row = (await conn.execute(select(SimulatedRequest))).one()
     assert row.cancelled_at is not None
+
+
+async def test_a_user_erasure_that_fails_part_way_is_finished_by_asking_again(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(database_url=database_url, storage_local_root=tmp_path / "storage")
+    async with live_stack(settings) as stack:
+        first = await make_avatar(stack.client, "tg:7", photos=1)
+        second = await make_avatar(stack.client, "tg:7", photos=1)
+        storage = stack.app.state.services.storage
+        real_delete_prefix = storage.delete_prefix
+
+        async def storage_down_for_second(prefix: str) -> int:
+            if second in prefix:
+                raise OSError("storage unavailable")
+            count: int = await real_delete_prefix(prefix)
+            return count
+
+        monkeypatch.setattr(storage, "delete_prefix", storage_down_for_second)
+        with pytest.raises(OSError, match="storage unavailable"):
+            await stack.client.delete("/v1/users/tg:7")
+        # Each avatar is its own transaction: the first is erased, the second still whole.
+        assert (await stack.client.get(f"/v1/avatars/{first}")).status_code == 404
+        photos = await json_of(await stack.client.get(f"/v1/avatars/{second}/photos"), 200)
+        assert photos["photo_count"] == 1
+
+        monkeypatch.undo()
+        receipt = await json_of(await stack.client.delete("/v1/users/tg:7"), 200)
+        assert [r["avatar_id"] for r in receipt["avatars"]] == [second]
+        assert receipt["avatars"][0]["storage_objects_deleted"] == 1
+        assert (await stack.client.get(f"/v1/avatars/{second}")).status_code == 404

@@ -16,6 +16,7 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.auth.service import Principal
+from avatar_api.avatars import repository as avatar_repository
 from avatar_api.avatars.schemas import (
     AvatarDeletionReceipt,
     DeletedRecords,
@@ -23,7 +24,7 @@ from avatar_api.avatars.schemas import (
     UserDeletionReceipt,
 )
 from avatar_api.avatars.service import get_avatar
-from avatar_api.db import utcnow
+from avatar_api.db import session_scope, utcnow
 from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.models import Avatar, Generation, GenerationStatus, Photo, Training
 from avatar_api.services import Services
@@ -120,18 +121,31 @@ async def delete_avatar(
 
 
 async def delete_user(
-    session: AsyncSession, *, services: Services, principal: Principal, external_user_id: str
+    *, services: Services, principal: Principal, external_user_id: str
 ) -> UserDeletionReceipt:
-    """Erase every avatar of one of the caller's users (only within the caller's tenant)."""
-    avatars = (
-        await session.exec(
-            select(Avatar)
-            .where(
-                Avatar.tenant_id == principal.tenant_id, Avatar.external_user_id == external_user_id
+    """Erase every avatar of one of the caller's users (only within the caller's tenant).
+
+    One transaction per avatar, so a user with many avatars never holds the database's
+    locks for the whole erasure. Should one avatar fail, the ones before it are gone and
+    the request fails: asking again erases the rest (an avatar already gone is skipped).
+    """
+    async with session_scope(services.sessionmaker) as session:
+        avatar_ids = (
+            await session.exec(
+                select(Avatar.id)
+                .where(
+                    Avatar.tenant_id == principal.tenant_id,
+                    Avatar.external_user_id == external_user_id,
+                )
+                .order_by(col(Avatar.created_at))
             )
-            .order_by(col(Avatar.created_at))
-            .with_for_update()
-        )
-    ).all()
-    receipts = [await erase_avatar(session, services=services, avatar=a) for a in avatars]
+        ).all()
+    receipts = []
+    for avatar_id in avatar_ids:
+        async with session_scope(services.sessionmaker) as session:
+            avatar = await avatar_repository.get(
+                session, tenant_id=principal.tenant_id, avatar_id=avatar_id, for_update=True
+            )
+            if avatar is not None:  # erased meanwhile by another request
+                receipts.append(await erase_avatar(session, services=services, avatar=avatar))
     return UserDeletionReceipt(external_user_id=external_user_id, avatars=receipts)

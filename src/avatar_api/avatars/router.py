@@ -132,10 +132,13 @@ async def delete_avatar(
 async def delete_user(
     external_user_id: Annotated[str, Path(min_length=1, max_length=128)],
     principal: PrincipalDep,
-    session: SessionDep,
     services: ServicesDep,
 ) -> UserDeletionReceipt:
-    """Erase every avatar of one of your users (by your external_user_id); returns receipts."""
+    """Erase every avatar of one of your users (by your external_user_id); returns receipts.
+
+    Avatars are erased one at a time; if the request fails part-way, send it again to erase
+    the rest.
+    """
     return await deletion.delete_user(
-        session, services=services, principal=principal, external_user_id=external_user_id
+        services=services, principal=principal, external_user_id=external_user_id
     )
