@@ -32,6 +32,7 @@ from avatar_api.nul_guard import NulGuard
 from avatar_api.observability import install_observability
 from avatar_api.observability.router import router as metrics_router
 from avatar_api.photos.router import router as photos_router
+from avatar_api.photos.upload import DiskBudget
 from avatar_api.rate_limit import RateLimiter
 from avatar_api.runtime import run_background
 from avatar_api.settings import Settings
@@ -106,6 +107,7 @@ def create_app(
     app.state.services = services
     app.state.storage = services.storage
     app.state.upload_semaphore = asyncio.Semaphore(settings.upload_concurrency)
+    app.state.upload_disk_budget = DiskBudget(settings.upload_temp_budget_bytes)
     app.state.fal_verifier = FalWebhookVerifier(
         simulator_jwks_url(settings) if settings.effective_test_mode else settings.fal_jwks_url,
         http=services.http,

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     upload_max_request_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     upload_max_files: int = Field(default=20, ge=1, le=100)
     upload_concurrency: int = Field(default=2, ge=1, le=32)
+    upload_temp_budget_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
     photo_max_side: int = Field(default=2048, ge=256)
     photo_min_side: int = Field(default=512, ge=64)
     photo_max_pixels: int = Field(default=40_000_000, ge=1_000_000)
@@ -199,6 +200,10 @@ class Settings(BaseSettings):
         if self.upload_max_file_bytes > self.upload_max_request_bytes:
             raise ValueError(
                 "AVATAR_UPLOAD_MAX_FILE_BYTES must not exceed AVATAR_UPLOAD_MAX_REQUEST_BYTES"
+            )
+        if self.upload_max_request_bytes > self.upload_temp_budget_bytes:
+            raise ValueError(
+                "AVATAR_UPLOAD_MAX_REQUEST_BYTES must not exceed AVATAR_UPLOAD_TEMP_BUDGET_BYTES"
             )
         return self
 

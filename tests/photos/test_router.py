@@ -13,6 +13,8 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.models import Avatar, AvatarStatus, Photo
+from avatar_api.photos.upload import DiskBudget, UploadsBusy, declared_size
+from tests.conftest import make_settings
 from tests.photos.fixtures import PhotoFixture
 from tests.photos.portraits import portrait_jpegs
 
@@ -256,3 +258,51 @@ async def test_other_tenant_cannot_touch_photos(
         assert response.status_code == 404
         assert response.json()["code"] == "avatar_not_found"
     assert (await client.get(base)).json()["photo_count"] == 1
+
+
+async def test_uploads_beyond_the_temp_disk_budget_are_told_to_retry(
+    client: httpx.AsyncClient, app: Any
+) -> None:
+    avatar_id = await new_avatar(client)
+    budget = app.state.upload_disk_budget
+    files = portraits(1)
+    size = len(files[0][1])
+    # Other uploads are being received and hold all but a few bytes of the budget.
+    with budget.reserve(budget.limit_bytes - size // 2):
+        busy = await upload(client, avatar_id, files)
+        assert busy.status_code == 503
+        assert busy.headers["content-type"] == "application/problem+json"
+        assert busy.json()["code"] == "uploads_busy"
+        assert busy.headers["Retry-After"] == "5"
+    # Nothing was read or kept, and the refused request released nothing it did not hold.
+    assert budget.used_bytes == 0
+    assert (await client.get(f"/v1/avatars/{avatar_id}/photos")).json()["photo_count"] == 0
+
+    accepted = await upload(client, avatar_id, files)
+    assert accepted.status_code == 201
+    assert budget.used_bytes == 0  # released after the request, as after a failed one
+    bad = await client.post(
+        f"/v1/avatars/{avatar_id}/photos",
+        content=b"--zzz\r\ngarbage",
+        headers={"content-type": "multipart/form-data; boundary=zzz"},
+    )
+    assert bad.status_code == 400
+    assert budget.used_bytes == 0
+
+
+def test_declared_sizes_and_the_budget() -> None:
+    assert declared_size("1000", 5000) == 1000
+    assert declared_size("9" * 30, 5000) == 5000  # never more than a request may send
+    assert declared_size(None, 5000) == 5000  # chunked: the cap
+    assert declared_size("-1", 5000) == 5000
+    budget = DiskBudget(10)
+    with budget.reserve(6):
+        with pytest.raises(UploadsBusy):
+            budget.reserve(5).__enter__()
+        with budget.reserve(4):
+            assert budget.used_bytes == 10
+    assert budget.used_bytes == 0
+    with pytest.raises(ValueError, match="TEMP_BUDGET"):
+        make_settings(
+            upload_max_file_bytes=2048, upload_max_request_bytes=4096, upload_temp_budget_bytes=3072
+        )

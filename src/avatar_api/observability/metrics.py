@@ -66,6 +66,9 @@ WEBHOOK_DELIVERIES = Counter(
 RATE_LIMITED = Counter(
     "avatar_rate_limited_total", "Requests refused by the per-API-key rate limit."
 )
+UPLOADS_BUSY = Counter(
+    "avatar_uploads_busy_total", "Uploads refused because the temp-disk budget was in use."
+)
 QUOTA_REJECTIONS = Counter(
     "avatar_quota_rejections_total", "Trainings refused by a tenant quota, by quota.", ["quota"]
 )

@@ -15,6 +15,7 @@ from avatar_api.photos.upload import (
     NoFiles,
     TooManyFiles,
     UnsupportedUploadMediaType,
+    UploadsBusy,
     UploadTooLarge,
 )
 
@@ -58,6 +59,7 @@ _MULTIPART_BODY = {
         TooManyFiles,
         UnsupportedUploadMediaType,
         NoFiles,
+        UploadsBusy,
     ),
 )
 async def upload_photos(
@@ -72,6 +74,7 @@ async def upload_photos(
         content_length=request.headers.get("content-length"),
         stream=request.stream(),
         semaphore=request.app.state.upload_semaphore,
+        disk_budget=request.app.state.upload_disk_budget,
     )
 
 

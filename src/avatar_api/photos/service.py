@@ -41,7 +41,13 @@ from avatar_api.photos.schemas import (
     PhotoRejection,
     PhotoUploadResult,
 )
-from avatar_api.photos.upload import ReceivedFile, UploadLimits, receive_files
+from avatar_api.photos.upload import (
+    DiskBudget,
+    ReceivedFile,
+    UploadLimits,
+    declared_size,
+    receive_files,
+)
 from avatar_api.services import Services
 from avatar_api.settings import FaceCheck, Settings
 from avatar_api.storage_keys import photo_key
@@ -199,6 +205,7 @@ async def upload_photos(
     content_length: str | None,
     stream: AsyncIterator[bytes],
     semaphore: asyncio.Semaphore,
+    disk_budget: DiskBudget,
 ) -> PhotoUploadResult:
     settings = services.settings
     async with session_scope(services.sessionmaker) as session:
@@ -214,80 +221,88 @@ async def upload_photos(
         avatar.training_type is TrainingType.portrait
         and settings.photo_face_check is not FaceCheck.off
     )
-    work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="avatar-upload-"))
-    stored: list[str] = []
-    try:
-        files = await receive_files(
-            content_type=content_type,
-            content_length=content_length,
-            stream=stream,
-            tmp_dir=work_dir,
-            limits=UploadLimits(
-                max_file_bytes=settings.upload_max_file_bytes,
-                max_request_bytes=settings.upload_max_request_bytes,
-                max_files=settings.upload_max_files,
-            ),
-        )
-        outcomes = await _normalise_all(
-            files,
-            work_dir=work_dir,
-            limits=_limits(settings),
-            detect_faces=detect_faces,
-            semaphore=semaphore,
-        )
-        known = [_Known(p.sha256, p.phash, p.filename) for p in existing]
-        accepted, rejected = _screen(
-            outcomes, known=known, room=high - len(existing), face_check=settings.photo_face_check
-        )
-        for candidate in accepted:
-            key = photo_key(principal.tenant_id, avatar_id, candidate.id)
-            await services.storage.put_file(key, candidate.output, content_type="image/jpeg")
-            stored.append(key)
+    # Temp disk: the declared body size (or the per-request cap) is reserved against the
+    # process's budget before a byte is read; over budget, 503 and the caller retries.
+    with disk_budget.reserve(declared_size(content_length, settings.upload_max_request_bytes)):
+        work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="avatar-upload-"))
+        stored: list[str] = []
+        try:
+            files = await receive_files(
+                content_type=content_type,
+                content_length=content_length,
+                stream=stream,
+                tmp_dir=work_dir,
+                limits=UploadLimits(
+                    max_file_bytes=settings.upload_max_file_bytes,
+                    max_request_bytes=settings.upload_max_request_bytes,
+                    max_files=settings.upload_max_files,
+                ),
+            )
+            outcomes = await _normalise_all(
+                files,
+                work_dir=work_dir,
+                limits=_limits(settings),
+                detect_faces=detect_faces,
+                semaphore=semaphore,
+            )
+            known = [_Known(p.sha256, p.phash, p.filename) for p in existing]
+            accepted, rejected = _screen(
+                outcomes,
+                known=known,
+                room=high - len(existing),
+                face_check=settings.photo_face_check,
+            )
+            for candidate in accepted:
+                key = photo_key(principal.tenant_id, avatar_id, candidate.id)
+                await services.storage.put_file(key, candidate.output, content_type="image/jpeg")
+                stored.append(key)
 
-        async with session_scope(services.sessionmaker) as session:
-            await _load_draft(session, principal=principal, avatar_id=avatar_id, for_update=True)
-            # Re-count under the row lock: a concurrent upload may have added photos meanwhile.
-            count = await repository.count_for_avatar(session, avatar_id=avatar_id)
-            room = max(high - count, 0)
-            for late in accepted[room:]:
-                rejected.append(
-                    PhotoRejection(
-                        filename=late.received.filename,
-                        code="photo_limit_reached",
-                        message="The avatar reached the maximum number of photos meanwhile.",
+            async with session_scope(services.sessionmaker) as session:
+                await _load_draft(
+                    session, principal=principal, avatar_id=avatar_id, for_update=True
+                )
+                # Re-count under the row lock: a concurrent upload may have added photos meanwhile.
+                count = await repository.count_for_avatar(session, avatar_id=avatar_id)
+                room = max(high - count, 0)
+                for late in accepted[room:]:
+                    rejected.append(
+                        PhotoRejection(
+                            filename=late.received.filename,
+                            code="photo_limit_reached",
+                            message="The avatar reached the maximum number of photos meanwhile.",
+                        )
                     )
-                )
-            accepted = accepted[:room]
-            rows = [
-                Photo(
-                    id=c.id,
-                    tenant_id=principal.tenant_id,
-                    avatar_id=avatar_id,
-                    filename=c.received.filename,
-                    storage_key=photo_key(principal.tenant_id, avatar_id, c.id),
-                    source_format=c.photo.source_format,
-                    width=c.photo.width,
-                    height=c.photo.height,
-                    size_bytes=c.photo.size_bytes,
-                    sha256=c.photo.sha256,
-                    phash=c.photo.phash,
-                    face_count=c.photo.face_count,
-                    face_box=list(c.photo.face_box) if c.photo.face_box else None,
-                    face_score=c.photo.face_score,
-                    warnings=c.warnings,
-                )
-                for c in accepted
-            ]
-            session.add_all(rows)
-            await session.flush()
-            total = count + len(rows)
-        kept = {row.storage_key for row in rows}
-        await _delete_quietly(services, [key for key in stored if key not in kept])
-    except BaseException:
-        await _delete_quietly(services, stored)
-        raise
-    finally:
-        await asyncio.to_thread(shutil.rmtree, work_dir, True)
+                accepted = accepted[:room]
+                rows = [
+                    Photo(
+                        id=c.id,
+                        tenant_id=principal.tenant_id,
+                        avatar_id=avatar_id,
+                        filename=c.received.filename,
+                        storage_key=photo_key(principal.tenant_id, avatar_id, c.id),
+                        source_format=c.photo.source_format,
+                        width=c.photo.width,
+                        height=c.photo.height,
+                        size_bytes=c.photo.size_bytes,
+                        sha256=c.photo.sha256,
+                        phash=c.photo.phash,
+                        face_count=c.photo.face_count,
+                        face_box=list(c.photo.face_box) if c.photo.face_box else None,
+                        face_score=c.photo.face_score,
+                        warnings=c.warnings,
+                    )
+                    for c in accepted
+                ]
+                session.add_all(rows)
+                await session.flush()
+                total = count + len(rows)
+            kept = {row.storage_key for row in rows}
+            await _delete_quietly(services, [key for key in stored if key not in kept])
+        except BaseException:
+            await _delete_quietly(services, stored)
+            raise
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work_dir, True)
 
     logger.info(
         "photos.uploaded",

@@ -8,16 +8,18 @@ run in a thread; every temp file is removed by the caller's TemporaryDirectory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from avatar_api.errors import AppError, PayloadTooLarge
+from avatar_api.errors import AppError, PayloadTooLarge, ServiceUnavailable
+from avatar_api.observability.metrics import UPLOADS_BUSY
 
 FILES_FIELD = "files"
 MAX_OTHER_PARTS = 8
@@ -53,6 +55,48 @@ class NoFiles(AppError):
     status_code = 422
     code = "no_files"
     title = "No files in the upload"
+
+
+class UploadsBusy(ServiceUnavailable):
+    code = "uploads_busy"
+    title = "Too many uploads in progress"
+
+
+def declared_size(content_length: str | None, max_request_bytes: int) -> int:
+    """What a request may write to temp disk: its Content-Length, else the per-request cap."""
+    if content_length is not None and content_length.isdigit():
+        return min(int(content_length), max_request_bytes)
+    return max_request_bytes
+
+
+class DiskBudget:
+    """The temp-disk bytes that uploads being received in this process may use at once.
+
+    Each upload reserves its declared size before reading its body (the body can never
+    exceed it: a longer one is cut off at its Content-Length by the server, at the cap by
+    :func:`receive_files`). One event loop runs every reservation, so no lock is needed.
+    """
+
+    RETRY_AFTER_SECONDS = 5
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.used_bytes = 0
+
+    @contextlib.contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        if self.used_bytes + size > self.limit_bytes:
+            UPLOADS_BUSY.inc()
+            raise UploadsBusy(
+                "The service is receiving as many uploads as its temporary disk allows; "
+                f"retry in {self.RETRY_AFTER_SECONDS} s.",
+                headers={"Retry-After": str(self.RETRY_AFTER_SECONDS)},
+            )
+        self.used_bytes += size
+        try:
+            yield
+        finally:
+            self.used_bytes -= size
 
 
 @dataclass
