@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -23,8 +24,8 @@ from avatar_api.fal.gateway import (
     FalRetriableError,
     FalState,
     FalStatus,
-    FalSubmitAmbiguous,
 )
+from avatar_api.fal.submission import submit_to_fal
 from avatar_api.generations import repository
 from avatar_api.generations.events import notify
 from avatar_api.generations.images import (
@@ -176,61 +177,61 @@ async def submit_generation(ctx: JobContext) -> None:
         await set_generation_status(session, locked, GenerationStatus.submitting)
         generation = locked
 
-    started = utcnow()
-    try:
-        submission = await services.gateway.submit(
-            generation.endpoint,
-            fal_input,
-            webhook_url=webhook_url(settings, generation_id),
-            store_io=settings.fal_store_io,
-        )
-    except FalSubmitAmbiguous as exc:
-        logger.warning(
-            "generation.submit_ambiguous", extra={**_log_context(generation), "error": str(exc)}
-        )
-        return
-    except FalRetriableError as exc:
-        # Nothing reached fal: safe to put the generation back and retry with backoff.
-        async with session_scope(services.sessionmaker) as session:
-            locked = await repository.lock(session, generation_id=generation_id)
-            if locked is not None and locked.status is GenerationStatus.submitting:
-                locked.submit_started_at = None
-                await set_generation_status(session, locked, GenerationStatus.queued)
-        raise RetryableJobError(f"fal unavailable: {exc}") from exc
-    except FalPermanentError as exc:
-        await _fail_by_id(
-            services, generation_id, code="fal_rejected", message=f"fal refused the input: {exc}"
-        )
-        return
+    await submit_to_fal(
+        services,
+        _GenerationSubmit(
+            generation_id,
+            services=services,
+            log_context={**_log_context(generation), "test_mode": generation.test_mode},
+        ),
+        endpoint=generation.endpoint,
+        fal_input=fal_input,
+        webhook_url=webhook_url(settings, generation_id),
+        logger=logger,
+    )
 
-    async with session_scope(services.sessionmaker) as session:
-        locked = await repository.lock(session, generation_id=generation_id)
-        if locked is None:
-            # Erased while fal was answering: nobody else knows this request, so stop it.
-            await enqueue_cleanup(
-                session, endpoint=generation.endpoint, request_id=submission.request_id, cancel=True
+
+@dataclass
+class _GenerationSubmit:
+    """:class:`~avatar_api.fal.submission.SubmitHooks` for a generation."""
+
+    generation_id: uuid.UUID
+    services: Services
+    log_context: Mapping[str, object]
+    kind: str = "generation"
+
+    async def requeue(self, session: AsyncSession) -> None:
+        locked = await repository.lock(session, generation_id=self.generation_id)
+        if locked is not None and locked.status is GenerationStatus.submitting:
+            locked.submit_started_at = None
+            await set_generation_status(session, locked, GenerationStatus.queued)
+
+    async def reject(self, session: AsyncSession, reason: str) -> None:
+        locked = await repository.lock(session, generation_id=self.generation_id)
+        if locked is not None:
+            await fail_generation(
+                session,
+                self.services,
+                locked,
+                code="fal_rejected",
+                message=f"fal refused the input: {reason}",
             )
-            return
-        locked.request_id = locked.request_id or submission.request_id
+
+    async def accept(self, session: AsyncSession, request_id: str) -> bool:
+        locked = await repository.lock(session, generation_id=self.generation_id)
+        if locked is None:
+            return False
+        locked.request_id = locked.request_id or request_id
         locked.submitted_at = locked.submitted_at or utcnow()
         if locked.status is GenerationStatus.submitting:
             await set_generation_status(session, locked, GenerationStatus.in_queue)
         elif locked.status is GenerationStatus.cancelled:
             # Cancelled while fal was answering: stop the request it just created.
             await enqueue_cleanup(
-                session, endpoint=locked.endpoint, request_id=submission.request_id, cancel=True
+                session, endpoint=locked.endpoint, request_id=request_id, cancel=True
             )
         session.add(locked)
-    logger.info(
-        "generation.submitted",
-        extra={
-            **_log_context(generation),
-            "request_id": submission.request_id,
-            "endpoint": generation.endpoint,
-            "test_mode": generation.test_mode,
-            "duration_ms": round((utcnow() - started).total_seconds() * 1000),
-        },
-    )
+        return True
 
 
 async def submit_gave_up(ctx: JobContext, reason: str) -> None:

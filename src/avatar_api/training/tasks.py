@@ -11,12 +11,12 @@ import logging
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.db import session_scope, utcnow
-from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.fal.gateway import (
     CancelOutcome,
     FalCredentialsMissing,
@@ -24,8 +24,8 @@ from avatar_api.fal.gateway import (
     FalRetriableError,
     FalState,
     FalStatus,
-    FalSubmitAmbiguous,
 )
+from avatar_api.fal.submission import submit_to_fal
 from avatar_api.jobs.errors import RetryableJobError
 from avatar_api.jobs.queue import enqueue
 from avatar_api.jobs.registry import JobContext, JobKind
@@ -144,49 +144,45 @@ async def submit_training(ctx: JobContext) -> None:
         training.submit_started_at = utcnow()
         await set_training_status(session, training, avatar, TrainingStatus.submitting)
 
-    started = utcnow()
-    try:
-        submission = await services.gateway.submit(
-            training.endpoint,
-            fal_input,
-            webhook_url=webhook_url(settings, training_id),
-            store_io=settings.fal_store_io,
-        )
-    except FalSubmitAmbiguous as exc:
-        logger.warning(
-            "training.submit_ambiguous", extra={**_log_context(training), "error": str(exc)}
-        )
-        return
-    except FalRetriableError as exc:
-        # Nothing reached fal: safe to put the training back and retry with backoff.
-        async with session_scope(services.sessionmaker) as session:
-            locked = await repository.lock_with_avatar(session, training_id=training_id)
-            if locked is not None and locked[0].status is TrainingStatus.submitting:
-                locked[0].submit_started_at = None
-                await set_training_status(session, locked[0], locked[1], TrainingStatus.queued)
-        raise RetryableJobError(f"fal unavailable: {exc}") from exc
-    except FalPermanentError as exc:
-        async with session_scope(services.sessionmaker) as session:
-            locked = await repository.lock_with_avatar(session, training_id=training_id)
-            if locked is not None:
-                await fail_training(
-                    session,
-                    *locked,
-                    code="fal_rejected",
-                    message=f"fal refused the training: {exc}",
-                )
-        return
+    await submit_to_fal(
+        services,
+        _TrainingSubmit(
+            training_id, log_context={**_log_context(training), "test_mode": training.test_mode}
+        ),
+        endpoint=training.endpoint,
+        fal_input=fal_input,
+        webhook_url=webhook_url(settings, training_id),
+        logger=logger,
+    )
 
-    async with session_scope(services.sessionmaker) as session:
-        locked = await repository.lock_with_avatar(session, training_id=training_id)
-        if locked is None:
-            # Erased while fal was answering: nobody else knows this request, so stop it.
-            await enqueue_cleanup(
-                session, endpoint=training.endpoint, request_id=submission.request_id, cancel=True
+
+@dataclass
+class _TrainingSubmit:
+    """:class:`~avatar_api.fal.submission.SubmitHooks` for a training."""
+
+    training_id: uuid.UUID
+    log_context: Mapping[str, object]
+    kind: str = "training"
+
+    async def requeue(self, session: AsyncSession) -> None:
+        locked = await repository.lock_with_avatar(session, training_id=self.training_id)
+        if locked is not None and locked[0].status is TrainingStatus.submitting:
+            locked[0].submit_started_at = None
+            await set_training_status(session, locked[0], locked[1], TrainingStatus.queued)
+
+    async def reject(self, session: AsyncSession, reason: str) -> None:
+        locked = await repository.lock_with_avatar(session, training_id=self.training_id)
+        if locked is not None:
+            await fail_training(
+                session, *locked, code="fal_rejected", message=f"fal refused the training: {reason}"
             )
-            return
+
+    async def accept(self, session: AsyncSession, request_id: str) -> bool:
+        locked = await repository.lock_with_avatar(session, training_id=self.training_id)
+        if locked is None:
+            return False
         training, avatar = locked
-        training.request_id = training.request_id or submission.request_id
+        training.request_id = training.request_id or request_id
         training.submitted_at = training.submitted_at or utcnow()
         if training.status is TrainingStatus.submitting:
             await set_training_status(session, training, avatar, TrainingStatus.in_queue)
@@ -199,16 +195,7 @@ async def submit_training(ctx: JobContext) -> None:
                 dedupe_key=f"cancel:{training.id}",
             )
         session.add(training)
-    logger.info(
-        "training.submitted",
-        extra={
-            **_log_context(training),
-            "request_id": submission.request_id,
-            "endpoint": training.endpoint,
-            "test_mode": training.test_mode,
-            "duration_ms": round((utcnow() - started).total_seconds() * 1000),
-        },
-    )
+        return True
 
 
 async def submit_gave_up(ctx: JobContext, reason: str) -> None:
