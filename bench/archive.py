@@ -8,6 +8,17 @@ the adapter as deployed (default transfer settings). Best of three, interleaved.
 Memory: in a fresh process each, the peak-RSS growth of `build_archive` over 20 objects of
 8 MiB (a 160 MiB archive) must stay under 64 MB; a raw `put_file` of a file of the same
 size, measured the same way, is the baseline.
+
+What limits the throughput (measured on the 2-core bench machine, 2026-12-06): not
+waiting any more but CPU. `build_archive` downloads the photos four at a time (one GET
+each, no HEAD), writes the zip as they arrive and uploads it in 5 MiB parts, two at a
+time, while the downloads go on. The 20 GETs it must make cost about 50 ms of CPU
+(SeaweedFS ~25 ms, botocore ~25 ms) on top of the ~90 ms the PUT itself costs (SeaweedFS
+~77 ms, client ~14 ms), on a machine where that PUT alone already keeps ~1.5 cores busy;
+and with signed payloads (plain HTTP) the first part cannot leave before its 5 MiB of
+photos are in. A bare `put_object` of the zip overlapped with 20 bare GETs, no zip at all,
+reached 70-98% of `put_file` depending on the other load on the machine; `build_archive`
+reaches ~90% of that bound.
 """
 
 from __future__ import annotations

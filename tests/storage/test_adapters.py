@@ -234,6 +234,17 @@ async def test_put_stream_large_is_streamed_in_parts(storage: ObjectStorage) -> 
     assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.parametrize("size", [0, 1, 64, 65, 128, 200])
+async def test_iter_chunks_at_chunk_boundaries(storage: ObjectStorage, size: int) -> None:
+    data = os.urandom(size)
+    await storage.put_bytes("c/obj", data, content_type="application/octet-stream")
+
+    chunks = await collect(storage.iter_chunks("c/obj", chunk_size=64))
+
+    assert b"".join(chunks) == data
+    assert [len(c) for c in chunks] == [64] * (size // 64) + ([size % 64] if size % 64 else [])
+
+
 async def test_put_stream_small_and_empty(storage: ObjectStorage) -> None:
     small = await storage.put_stream("s/small", stream(b"abc" * 1000, 7), content_type="text/csv")
     empty = await storage.put_stream("s/empty", stream(b"", 1), content_type="text/plain")

@@ -46,14 +46,14 @@ async def test_cancel_while_the_archive_is_built_leaves_nothing(
             await stack.client.post(f"/v1/avatars/{avatar_id}/training", json={}), 202
         )
         storage = stack.app.state.services.storage
-        original_put = storage.put_file
+        original_put = storage.put_stream
 
-        async def put_then_cancel(key: str, path: Path, *, content_type: str) -> Any:
-            stored = await original_put(key, path, content_type=content_type)
+        async def put_then_cancel(key: str, chunks: Any, **options: Any) -> Any:
+            stored = await original_put(key, chunks, **options)
             await json_of(await stack.client.post(f"/v1/avatars/{avatar_id}/training/cancel"), 200)
             return stored
 
-        storage.put_file = put_then_cancel
+        storage.put_stream = put_then_cancel
         await run_jobs(stack)
         async with session_scope(stack.app.state.sessionmaker) as session:
             row = await session.get(Training, uuid.UUID(training["id"]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -137,9 +137,19 @@ class ObjectStorage(Protocol):
         ...
 
     async def put_stream(
-        self, key: str, chunks: AsyncIterable[bytes], *, content_type: str
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str,
+        part_size: int | None = None,
     ) -> StoredObject:
         """Store the concatenated ``chunks`` under ``key`` with bounded memory.
+
+        Adapters that upload in parts (S3 multipart) send each part while ``chunks`` goes
+        on. ``part_size`` (at least 5 MiB on S3) overrides the adapter's default: smaller
+        parts start the upload sooner, larger ones take fewer requests. Adapters that
+        write in one piece ignore it.
 
         If ``chunks`` raises (or the task is cancelled), nothing is stored, the previous
         object under ``key`` (if any) is untouched and partial uploads are cleaned up.
@@ -152,7 +162,7 @@ class ObjectStorage(Protocol):
 
     def iter_chunks(
         self, key: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Stream the object's content in chunks of at most ``chunk_size`` bytes.
 
         Raises :class:`~avatar_api.storage.errors.StorageObjectNotFound` (on the first

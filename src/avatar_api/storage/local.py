@@ -24,7 +24,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, urlencode
@@ -337,8 +337,14 @@ class LocalStorage:
         return await asyncio.to_thread(self._put_file, key, path, content_type)
 
     async def put_stream(
-        self, key: str, chunks: AsyncIterable[bytes], *, content_type: str
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str,
+        part_size: int | None = None,
     ) -> StoredObject:
+        # part_size: one file, written as the chunks come, has no parts.
         validate_key(key)
         writer = await asyncio.to_thread(self._new_writer, key)
         try:
@@ -358,7 +364,7 @@ class LocalStorage:
 
     async def iter_chunks(
         self, key: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         validate_key(key)
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from avatar_api.storage.base import (
 from avatar_api.storage.errors import StorageObjectNotFound, StorageOperationFailed
 
 if TYPE_CHECKING:
+    from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.literals import BucketLocationConstraintType
     from mypy_boto3_s3.type_defs import (
@@ -59,20 +61,77 @@ def _strip_etag(etag: str | None) -> str | None:
     return etag.strip('"') if etag else None
 
 
-async def _fixed_size_parts(chunks: AsyncIterable[bytes], size: int) -> AsyncGenerator[bytes, None]:
-    """Re-cut ``chunks`` into pieces of exactly ``size`` bytes, the last one shorter.
+async def _fixed_size_parts(
+    chunks: AsyncIterable[bytes], size: int
+) -> AsyncGenerator[tuple[bytes, bool], None]:
+    """Re-cut ``chunks`` into parts of exactly ``size`` bytes, the last one 1 to ``size``.
 
-    Equal part sizes are not just tidy: R2 rejects a multipart upload whose non-final
-    parts differ in size. Memory stays below ``size`` plus one incoming chunk.
+    Each part comes with whether more follow. A part is handed out as soon as a byte
+    beyond it has arrived, so the caller can upload it while the stream goes on and
+    still recognise the last part. Equal part sizes are not just tidy: R2 rejects a
+    multipart upload whose non-final parts differ in size. Memory stays below ``size``
+    plus one incoming chunk, and each byte is copied once (chunks are joined, not
+    appended to a growing buffer).
     """
-    buffer = bytearray()
+    pending: list[bytes | memoryview] = []
+    buffered = 0
     async for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
+        pending.append(chunk)
+        buffered += len(chunk)
+        while buffered > size:
+            # Only the newest chunk straddles the boundary: before it came, at most
+            # ``size`` bytes were pending.
+            last = memoryview(pending.pop())
+            keep = len(last) - (buffered - size)
+            part = b"".join([*pending, last[:keep]])
+            pending = [last[keep:]]
+            buffered -= size
+            yield part, True
+            del part
+    if buffered:
+        yield b"".join(pending), False
+
+
+async def _settle(
+    uploads: set[asyncio.Task[CompletedPartTypeDef]], *, running: int
+) -> list[CompletedPartTypeDef]:
+    """Wait until at most ``running`` of ``uploads`` are unfinished; return the finished.
+
+    Finished tasks leave the set. The first failed upload raises here, and the tasks not
+    yet looked at stay in the set for the caller's clean-up to wait for.
+    """
+    finished: list[CompletedPartTypeDef] = []
+    while True:
+        for task in [t for t in uploads if t.done()]:
+            finished.append(task.result())
+            uploads.discard(task)
+        if len(uploads) <= running:
+            return finished
+        await asyncio.wait(uploads, return_when=asyncio.FIRST_COMPLETED)
+
+
+class _Body:
+    """A GET response body that closes itself once its last byte is read."""
+
+    def __init__(self, body: StreamingBody, length: int | None) -> None:
+        self._body = body
+        self._remaining = length
+        self.closed = False
+
+    def read(self, size: int) -> bytes:
+        if self._remaining is not None:
+            size = min(size, self._remaining)
+        # StreamingBody raises IncompleteReadError if the stream ends early.
+        chunk = self._body.read(size) if size > 0 else b""
+        if self._remaining is not None:
+            self._remaining -= len(chunk)
+        if not chunk or self._remaining == 0:
+            self.close()
+        return chunk
+
+    def close(self) -> None:
+        self.closed = True
+        self._body.close()
 
 
 class S3Storage:
@@ -84,7 +143,9 @@ class S3Storage:
     callers cannot reach. ``path_style`` selects ``endpoint/bucket/key`` addressing,
     which MinIO and SeaweedFS need. Files larger than ``multipart_threshold`` are
     uploaded in ``multipart_chunk_size`` parts by boto3's managed transfer; streams use
-    parts of at least 8 MiB.
+    parts of at least 8 MiB unless the caller asks for smaller ones. Files go up
+    ``max_concurrency`` parts at a time, streams ``stream_concurrency`` parts (each one
+    held in memory until it is stored).
     """
 
     def __init__(
@@ -100,6 +161,7 @@ class S3Storage:
         multipart_threshold: int = 16 * MiB,
         multipart_chunk_size: int = 8 * MiB,
         max_concurrency: int = 4,
+        stream_concurrency: int = 2,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         max_attempts: int = 5,
@@ -108,9 +170,15 @@ class S3Storage:
             raise ValueError("multipart_chunk_size must be at least 5 MiB (the S3 minimum)")
         if multipart_threshold < multipart_chunk_size:
             raise ValueError("multipart_threshold must be at least multipart_chunk_size")
+        if max_concurrency < 1 or stream_concurrency < 1:
+            raise ValueError("max_concurrency and stream_concurrency must be at least 1")
         self._bucket = bucket
         self._region = region
         self._stream_part_size = max(multipart_chunk_size, MIN_STREAM_PART_SIZE)
+        self._stream_concurrency = stream_concurrency
+        # Clean-ups of failed multipart uploads run as tasks shielded from a second
+        # cancellation; the loop holds tasks only weakly, so they are kept here.
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._transfer_config = TransferConfig(
             multipart_threshold=multipart_threshold,
             multipart_chunksize=multipart_chunk_size,
@@ -123,7 +191,7 @@ class S3Storage:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             # Transfers run max_concurrency requests at once, next to other callers.
-            max_pool_connections=max(10, 2 * max_concurrency),
+            max_pool_connections=max(10, 2 * max_concurrency, 2 * stream_concurrency),
             # botocore >= 1.36 adds CRC checksums to every upload by default, which
             # several S3-compatible servers reject; send them only where S3 requires.
             request_checksum_calculation="when_required",
@@ -205,58 +273,109 @@ class S3Storage:
         return stored
 
     async def put_stream(
-        self, key: str, chunks: AsyncIterable[bytes], *, content_type: str
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str,
+        part_size: int | None = None,
     ) -> StoredObject:
         validate_key(key)
-        parts = _fixed_size_parts(chunks, self._stream_part_size)
+        if part_size is None:
+            part_size = self._stream_part_size
+        elif part_size < S3_MIN_PART_SIZE:
+            raise ValueError("part_size must be at least 5 MiB (the S3 minimum)")
+        parts = _fixed_size_parts(chunks, part_size)
         async with contextlib.aclosing(parts):
             first = await anext(parts, None)
-            second = await anext(parts, None) if first is not None else None
-            if first is None or second is None:
+            if first is None or not first[1]:
                 # Fits in one part: a single PUT costs one request instead of three.
-                return await self.put_bytes(key, first or b"", content_type=content_type)
-            created = await asyncio.to_thread(
-                self._client.create_multipart_upload,
+                body = first[0] if first is not None else b""
+                del first
+                return await self.put_bytes(key, body, content_type=content_type)
+            # A list the callee empties, so this frame holds no reference to the part.
+            queued = [first[0]]
+            del first
+            return await self._put_parts(key, queued, parts, content_type)
+
+    async def _put_parts(
+        self,
+        key: str,
+        queued: list[bytes],
+        parts: AsyncIterator[tuple[bytes, bool]],
+        content_type: str,
+    ) -> StoredObject:
+        """Multipart upload of the ``queued`` part, then of ``parts``, several at once.
+
+        A part goes up as soon as it is full while the stream goes on, so producing the
+        stream and uploading it overlap. At most ``stream_concurrency`` parts are in flight:
+        memory stays below that many parts plus the one being filled.
+        """
+        created = await asyncio.to_thread(
+            self._client.create_multipart_upload,
+            Bucket=self._bucket,
+            Key=key,
+            ContentType=content_type,
+        )
+        upload_id = created["UploadId"]
+        uploads: set[asyncio.Task[CompletedPartTypeDef]] = set()
+        try:
+            completed: list[CompletedPartTypeDef] = []
+            size = 0
+            number = 0
+            while True:
+                # A free slot first, then the next part: no part waits in memory for its
+                # turn. Also where a failed part stops the stream before more is produced.
+                completed += await _settle(uploads, running=self._stream_concurrency - 1)
+                part = queued.pop() if queued else await self._next_part(parts)
+                if part is None:
+                    break
+                number += 1
+                if number > S3_MAX_PARTS:
+                    raise StorageOperationFailed(f"stream for {key!r} exceeds {S3_MAX_PARTS} parts")
+                uploads.add(asyncio.create_task(self._upload_part(key, upload_id, number, part)))
+                size += len(part)
+                del part  # the task holds the only reference; it goes when the part is up
+            completed += await _settle(uploads, running=0)
+            completed.sort(key=lambda done_part: done_part["PartNumber"])
+            done = await asyncio.to_thread(
+                self._client.complete_multipart_upload,
                 Bucket=self._bucket,
                 Key=key,
-                ContentType=content_type,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": completed},
             )
-            upload_id = created["UploadId"]
-            # Popped as they go up, so no more than one part is held besides the buffer.
-            queued = [first, second]
-            del first, second
-            try:
-                completed: list[CompletedPartTypeDef] = []
-                size = 0
-                while True:
-                    part = queued.pop(0) if queued else await anext(parts, None)
-                    if part is None:
-                        break
-                    if len(completed) == S3_MAX_PARTS:
-                        raise StorageOperationFailed(
-                            f"stream for {key!r} exceeds {S3_MAX_PARTS} parts"
-                        )
-                    completed.append(
-                        await self._upload_part(key, upload_id, len(completed) + 1, part)
-                    )
-                    size += len(part)
-                    del part
-                done = await asyncio.to_thread(
-                    self._client.complete_multipart_upload,
-                    Bucket=self._bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": completed},
-                )
-            except BaseException:
-                # Also on cancellation: unfinished parts are stored (and billed) until
-                # aborted. The worker thread completes the abort even if this await is
-                # interrupted again.
-                await self._abort_multipart(key, upload_id)
-                raise
+        except BaseException:
+            await self._abandon_multipart(key, upload_id, uploads)
+            raise
         return StoredObject(
             key=key, size=size, content_type=content_type, etag=_strip_etag(done.get("ETag"))
         )
+
+    @staticmethod
+    async def _next_part(parts: AsyncIterator[tuple[bytes, bool]]) -> bytes | None:
+        following = await anext(parts, None)
+        return None if following is None else following[0]
+
+    async def _abandon_multipart(
+        self, key: str, upload_id: str, uploads: set[asyncio.Task[CompletedPartTypeDef]]
+    ) -> None:
+        """Abort the upload once its parts in flight are done (also on cancellation).
+
+        A part that lands after the abort would be stored (and billed) with no upload to
+        belong to, so the abort waits for them. The clean-up is its own task, shielded:
+        a second cancellation of the caller does not stop it half-way.
+        """
+
+        async def clean_up() -> None:
+            # Cancelling the tasks would not stop their threads, only stop us waiting.
+            await asyncio.gather(*uploads, return_exceptions=True)
+            await self._abort_multipart(key, upload_id)
+
+        task = asyncio.create_task(clean_up())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(task)
 
     async def _upload_part(
         self, key: str, upload_id: str, number: int, body: bytes
@@ -267,7 +386,9 @@ class S3Storage:
             Key=key,
             UploadId=upload_id,
             PartNumber=number,
-            Body=body,
+            # A file, not bytes: botocore prepends the headers to a bytes body, a copy of
+            # the whole part in the worker thread. BytesIO shares the buffer instead.
+            Body=io.BytesIO(body),
         )
         return {"PartNumber": number, "ETag": response["ETag"]}
 
@@ -306,24 +427,36 @@ class S3Storage:
 
     async def iter_chunks(
         self, key: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         validate_key(key)
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
+        # The GET rides in the thread hop of the first chunk, and the close in that of
+        # the last: an object of one chunk (a photo) costs one hop, not four.
+        body, chunk = await asyncio.to_thread(self._open_body, key, chunk_size)
         try:
-            response = await asyncio.to_thread(
-                self._client.get_object, Bucket=self._bucket, Key=key
-            )
+            while chunk:
+                yield chunk
+                if body.closed:
+                    break
+                chunk = await asyncio.to_thread(body.read, chunk_size)
+        finally:
+            if not body.closed:
+                await asyncio.to_thread(body.close)
+
+    def _open_body(self, key: str, chunk_size: int) -> tuple[_Body, bytes]:
+        try:
+            response = self._client.get_object(Bucket=self._bucket, Key=key)
         except ClientError as exc:
             if _is_not_found(exc):
                 raise StorageObjectNotFound(key) from None
             raise
-        body = response["Body"]
+        body = _Body(response["Body"], response.get("ContentLength"))
         try:
-            while chunk := await asyncio.to_thread(body.read, chunk_size):
-                yield chunk
-        finally:
-            await asyncio.to_thread(body.close)
+            return body, body.read(chunk_size)
+        except BaseException:
+            body.close()
+            raise
 
     async def download_to(self, key: str, path: Path) -> None:
         validate_key(key)
