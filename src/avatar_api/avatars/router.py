@@ -82,9 +82,7 @@ async def get_avatar(
     avatar_id: uuid.UUID, principal: PrincipalDep, session: ReadSessionDep
 ) -> AvatarRead:
     """Get one avatar."""
-    return service.to_read(
-        await service.get_avatar(session, principal=principal, avatar_id=avatar_id)
-    )
+    return await service.read_avatar(session, principal=principal, avatar_id=avatar_id)
 
 
 @router.patch(

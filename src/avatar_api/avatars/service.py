@@ -63,6 +63,27 @@ async def get_avatar(
     return avatar
 
 
+async def read_avatar(
+    session: AsyncSession, *, principal: Principal, avatar_id: uuid.UUID
+) -> AvatarRead:
+    """What GET /v1/avatars/{id} answers: read as plain columns, no ORM object."""
+    row = await repository.read_row(session, tenant_id=principal.tenant_id, avatar_id=avatar_id)
+    if row is None:
+        raise AvatarNotFound(f"No avatar with id {avatar_id}.")
+    return AvatarRead(
+        id=row["id"],
+        name=row["name"],
+        training_type=row["training_type"],
+        gender=row["gender"],
+        external_user_id=row["external_user_id"],
+        trigger_phrase=row["trigger_phrase"],
+        metadata=row["metadata"],
+        status=row["status"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
 async def create_avatar(
     session: AsyncSession, *, principal: Principal, data: AvatarCreate, metadata_max_bytes: int
 ) -> Avatar:
