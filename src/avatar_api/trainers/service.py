@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import functools
+from typing import Any
+
+from pydantic import BaseModel
+
 from avatar_api.models import TrainingType
 from avatar_api.settings import Settings
 from avatar_api.trainers.base import Preset
@@ -11,6 +16,12 @@ def photo_bounds(training_type: TrainingType, settings: Settings) -> tuple[int, 
     if training_type is TrainingType.portrait:
         return settings.portrait_min_photos, settings.portrait_max_photos
     return settings.style_min_photos, settings.style_max_photos
+
+
+@functools.cache
+def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    # A pure function of the class, and the costliest part of the answer (~0.6 ms each).
+    return model.model_json_schema()
 
 
 def describe_training_types(settings: Settings) -> TrainingTypeList:
@@ -33,7 +44,7 @@ def describe_training_types(settings: Settings) -> TrainingTypeList:
                 min_photos=low,
                 max_photos=high,
                 presets=presets,
-                overrides_schema=strategy.overrides_model.model_json_schema(),
+                overrides_schema=_json_schema(strategy.overrides_model),
             )
         )
     return TrainingTypeList(items=items)
