@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pytest_httpx import HTTPXMock
 
+from avatar_api.fal import webhook_signature
 from avatar_api.fal.webhook_signature import (
     FalWebhookSigner,
     FalWebhookVerifier,
@@ -76,7 +77,12 @@ async def test_valid_signature(
 
     verified = await make_verifier(http, clock).verify(headers, BODY)
 
-    assert verified == VerifiedFalWebhook(request_id=REQUEST_ID, user_id=USER_ID, timestamp=NOW)
+    assert verified == VerifiedFalWebhook(
+        request_id=REQUEST_ID,
+        user_id=USER_ID,
+        timestamp=NOW,
+        body_sha256=hashlib.sha256(BODY).hexdigest(),
+    )
 
 
 async def test_signature_made_without_the_signer_helper(
@@ -317,6 +323,50 @@ async def test_key_rotation_refetches_and_verifies(
     assert jwks_requests(httpx_mock) == 2
 
 
+class CountingKey:
+    """A JWKS key that counts its verification attempts."""
+
+    def __init__(self, key: Ed25519PublicKey) -> None:
+        self.key = key
+        self.attempts = 0
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        self.attempts += 1
+        self.key.verify(signature, message)
+
+
+async def test_the_key_that_verified_is_tried_first_next_time(
+    http: httpx.AsyncClient,
+    clock: Clock,
+    signer: FalWebhookSigner,
+    httpx_mock: HTTPXMock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # fal's JWKS lists other keys around a rotation; each failed check is a full Ed25519
+    # verification, so the signing key should not stay last.
+    listed = [FalWebhookSigner(), FalWebhookSigner(), signer]
+    httpx_mock.add_response(
+        url=JWKS_URL, json={"keys": [key for s in listed for key in s.jwks()["keys"]]}
+    )
+    parse = webhook_signature.parse_jwks
+    counted: list[CountingKey] = []
+
+    def counting_parse(document: object) -> list[Ed25519PublicKey]:
+        counted[:] = [CountingKey(key) for key in parse(document)]
+        return counted  # type: ignore[return-value]
+
+    monkeypatch.setattr(webhook_signature, "parse_jwks", counting_parse)
+    verifier = make_verifier(http, clock)
+
+    for _ in range(3):
+        await verifier.verify(signer.sign(REQUEST_ID, USER_ID, BODY, NOW), BODY)
+
+    assert [key.attempts for key in counted] == [1, 1, 3]
+    with pytest.raises(WebhookSignatureError):
+        await verifier.verify(FalWebhookSigner().sign(REQUEST_ID, USER_ID, BODY, NOW), BODY)
+    assert [key.attempts for key in counted] == [2, 2, 4]
+
+
 async def test_forged_signatures_cause_at_most_one_refetch_per_interval(
     http: httpx.AsyncClient, clock: Clock, signer: FalWebhookSigner, httpx_mock: HTTPXMock
 ) -> None:
@@ -524,4 +574,9 @@ async def test_signer_verifier_round_trip(
         restored.sign("r-1", "user-9", body, NOW - 5), body
     )
 
-    assert verified == VerifiedFalWebhook(request_id="r-1", user_id="user-9", timestamp=NOW - 5)
+    assert verified == VerifiedFalWebhook(
+        request_id="r-1",
+        user_id="user-9",
+        timestamp=NOW - 5,
+        body_sha256=hashlib.sha256(body).hexdigest(),
+    )

@@ -12,6 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.db import session_scope, utcnow
 from avatar_api.jobs import enqueue, purge_finished
+from avatar_api.jobs.queue import enqueue_row
 from avatar_api.models.job import Job, JobStatus
 from tests.jobs.conftest import effects, load_job, record_effect
 
@@ -143,6 +144,64 @@ async def test_enqueue_rejects_bad_input(
             await enqueue(session, kind="test.job", payload={}, max_attempts=0)
         with pytest.raises(ValueError, match="dedupe_key"):
             await enqueue(session, kind="test.job", payload={}, dedupe_key="")
+    assert await _count_jobs(job_sessionmaker) == 0
+
+
+async def test_enqueue_row_writes_the_row_enqueue_writes(
+    job_sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    later = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    async with session_scope(job_sessionmaker) as session:
+        orm = await enqueue(session, kind="test.job", payload={"ref": "a", "n": 1})
+        core_id = await enqueue_row(
+            await session.connection(), kind="test.job", payload={"ref": "a", "n": 1}
+        )
+        timed_id = await enqueue_row(
+            await session.connection(), kind="test.job", payload={}, run_at=later, max_attempts=3
+        )
+
+    by_orm, by_core = (
+        await load_job(job_sessionmaker, orm.id),
+        await load_job(job_sessionmaker, core_id),
+    )
+    differing = {"id", "run_at", "created_at", "updated_at"}
+    assert by_core.model_dump(exclude=differing) == by_orm.model_dump(exclude=differing)
+    assert by_core.status is JobStatus.pending
+    assert by_core.run_at <= utcnow()
+    assert by_core.created_at == by_core.updated_at == by_core.run_at
+    timed = await load_job(job_sessionmaker, timed_id)
+    assert (timed.run_at, timed.max_attempts, timed.payload) == (later, 3, {})
+
+
+async def test_enqueue_row_commits_and_rolls_back_with_the_session(
+    job_sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    async def failing_request() -> None:
+        async with session_scope(job_sessionmaker) as session:
+            await record_effect(session, "state-change")
+            await enqueue_row(await session.connection(), kind="test.job", payload={"ref": "a"})
+            raise RuntimeError("request failed")
+
+    with pytest.raises(RuntimeError, match="request failed"):
+        await failing_request()
+    assert await _count_jobs(job_sessionmaker) == 0
+    assert await effects(job_sessionmaker) == []
+
+
+async def test_enqueue_row_rejects_bad_input(
+    job_sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    async with job_sessionmaker() as session:
+        connection = await session.connection()
+        with pytest.raises(ValueError, match="invalid job kind"):
+            await enqueue_row(connection, kind="NoDots", payload={})
+        with pytest.raises(TypeError, match="not JSON-serialisable"):
+            await enqueue_row(connection, kind="test.job", payload={"id": uuid.uuid4()})
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await enqueue_row(connection, kind="test.job", payload={}, run_at=datetime(2030, 1, 1))
+        with pytest.raises(ValueError, match="max_attempts"):
+            await enqueue_row(connection, kind="test.job", payload={}, max_attempts=0)
+        await session.commit()
     assert await _count_jobs(job_sessionmaker) == 0
 
 

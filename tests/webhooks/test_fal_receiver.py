@@ -24,7 +24,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from pytest_httpx import HTTPXMock
+from sqlalchemy import delete, update
 from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.db import session_scope, utcnow
 from avatar_api.errors import PROBLEM_CONTENT_TYPE
@@ -53,7 +55,7 @@ from avatar_api.models import (
 from avatar_api.settings import Settings
 from avatar_api.training.tasks import APPLY_EVENT_JOB
 from avatar_api.training.tokens import webhook_token, webhook_url
-from avatar_api.webhooks.fal_service import MAX_BODY_BYTES
+from avatar_api.webhooks.fal_service import MAX_BODY_BYTES, receive_fal_webhook
 from tests.conftest import make_settings
 from tests.live import LiveStack, live_stack
 
@@ -426,6 +428,125 @@ async def test_concurrent_copies_are_stored_once(fal: Fal) -> None:
         "duplicate",
     ]
     assert await stored(fal.stack) == (1, 1)
+
+
+def needs_postgresql(fal: Fal) -> None:
+    if fal.stack.engine.dialect.name != "postgresql":
+        pytest.skip("row locks and concurrent writers need PostgreSQL (SQLite has one writer)")
+
+
+async def test_concurrent_copies_on_postgresql_store_one_event_and_one_job(fal: Fal) -> None:
+    # On PostgreSQL every copy is its own writer (a pooled connection each): the unique key
+    # alone decides which one stores the event and its job.
+    needs_postgresql(fal)
+    trainings = [await make_training(fal.stack) for _ in range(3)]
+    deliveries = []
+    for training in trainings:
+        body = json.dumps(ok_body(request_id_of(training))).encode()
+        deliveries.append(
+            (fal.path_for(training.id), body, fal.sign(body, request_id_of(training)))
+        )
+
+    copies = [delivery for _ in range(8) for delivery in deliveries]
+    responses = await asyncio.gather(*(fal.post(*copy) for copy in copies))
+
+    assert [r.status_code for r in responses] == [200] * len(copies)
+    answers = [r.json()["status"] for r in responses]
+    assert answers.count("accepted") == len(trainings)
+    assert answers.count("duplicate") == len(copies) - len(trainings)
+    assert await stored(fal.stack) == (len(trainings), len(trainings))
+    assert sorted(event.training_id for event in await events(fal.stack)) == sorted(
+        training.id for training in trainings
+    )
+    assert await apply_events(fal.stack) == len(trainings)
+
+
+async def receive_in(session: AsyncSession, fal: Fal, training: Training, body: bytes) -> bool:
+    """The receiver service itself, in ``session`` (whose transaction the caller owns)."""
+    return await receive_fal_webhook(
+        session,
+        settings=fal.stack.settings,
+        verifier=fal.stack.app.state.fal_verifier,
+        training_id=training.id,
+        token=webhook_token(fal.stack.settings, training.id),
+        headers=fal.sign(body, request_id_of(training)),
+        body=body,
+    )
+
+
+@pytest.mark.parametrize("first_commits", [True, False], ids=["commits", "rolls-back"])
+async def test_a_copy_waits_for_the_first_copys_transaction(fal: Fal, first_commits: bool) -> None:
+    training = await make_training(fal.stack)
+    body = json.dumps(ok_body(request_id_of(training))).encode()
+    sessionmaker = fal.stack.app.state.sessionmaker
+
+    async def second_copy() -> bool:
+        async with session_scope(sessionmaker) as session:
+            return await receive_in(session, fal, training, body)
+
+    async with sessionmaker() as first:
+        await first.connection()  # the first copy's request transaction is under way
+        assert await receive_in(first, fal, training, body)
+        racing = asyncio.create_task(second_copy())
+        await asyncio.sleep(0.3)
+        # On the unique key (PostgreSQL) or the write lock (SQLite): nothing can be decided
+        # until the first copy's transaction ends.
+        assert not racing.done(), "the second copy should wait for the first transaction"
+        if first_commits:
+            await first.commit()
+        else:
+            await first.rollback()
+
+    # A committed first copy makes the second a duplicate; a rolled-back one leaves the
+    # event to the second.
+    assert await asyncio.wait_for(racing, timeout=10) is not first_commits
+    assert await stored(fal.stack) == (1, 1)
+
+
+async def test_an_open_update_of_the_training_does_not_hold_up_its_webhook(fal: Fal) -> None:
+    # The reconciler and the apply job update trainings all the time; a delivery only
+    # needs the row to exist, so it must not queue behind their transactions.
+    needs_postgresql(fal)
+    training = await make_training(fal.stack)
+    async with fal.stack.engine.connect() as other:
+        await other.execute(
+            update(Training).where(col(Training.id) == training.id).values(last_checked_at=utcnow())
+        )
+
+        response = await asyncio.wait_for(
+            fal.deliver(training.id, ok_body(request_id_of(training))), timeout=10
+        )
+
+        assert response.status_code == 200, response.text
+        assert response.json() == {"status": "accepted"}
+        await other.rollback()
+    assert await stored(fal.stack) == (1, 1)
+
+
+async def test_a_training_deleted_meanwhile_is_rejected_not_an_error(fal: Fal) -> None:
+    # Erasing an avatar deletes its trainings while fal may still be calling.
+    needs_postgresql(fal)
+    training = await make_training(fal.stack)
+    async with fal.stack.engine.connect() as eraser:
+        await eraser.execute(delete(Training).where(col(Training.id) == training.id))
+        racing = asyncio.create_task(fal.deliver(training.id, ok_body(request_id_of(training))))
+        await asyncio.sleep(0.3)
+        assert not racing.done(), "the delivery should wait for the deletion to end"
+        await eraser.commit()
+
+    assert_rejected(await asyncio.wait_for(racing, timeout=10))
+    assert await stored(fal.stack) == (0, 0)
+
+
+async def test_webhook_for_an_unknown_training_is_rejected(fal: Fal) -> None:
+    training = await make_training(fal.stack)
+    body = json.dumps(ok_body(request_id_of(training))).encode()
+    unknown = uuid.uuid4()
+
+    response = await fal.post(fal.path_for(unknown), body, fal.sign(body, request_id_of(training)))
+
+    assert_rejected(response)
+    assert await stored(fal.stack) == (0, 0)
 
 
 # --- not fal, or not ours: 401 and nothing stored -----------------------------------------------

@@ -57,12 +57,17 @@ class VerifiedFalWebhook:
     request_id: str
     user_id: str
     timestamp: int
+    # Hex SHA-256 of the body, as signed: callers key duplicates on it without re-hashing.
+    body_sha256: str
 
 
 def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
     """The exact bytes fal signs for one webhook delivery."""
-    digest = hashlib.sha256(body).hexdigest()
-    return f"{request_id}\n{user_id}\n{timestamp}\n{digest}".encode()
+    return _message(request_id, user_id, timestamp, hashlib.sha256(body).hexdigest())
+
+
+def _message(request_id: str, user_id: str, timestamp: str, body_sha256: str) -> bytes:
+    return f"{request_id}\n{user_id}\n{timestamp}\n{body_sha256}".encode()
 
 
 def _b64url_decode(value: str) -> bytes:
@@ -166,18 +171,36 @@ class FalWebhookVerifier:
         if len(signature) != _SIGNATURE_BYTES:
             raise WebhookSignatureError("bad_signature")
 
-        message = signed_message(request_id, user_id, timestamp_text, body)
+        digest = hashlib.sha256(body).hexdigest()
+        message = _message(request_id, user_id, timestamp_text, digest)
+        verified = VerifiedFalWebhook(
+            request_id=request_id, user_id=user_id, timestamp=timestamp, body_sha256=digest
+        )
         keys, generation = await self._usable_keys()
-        if _any_key_verifies(keys, signature, message):
-            return VerifiedFalWebhook(request_id=request_id, user_id=user_id, timestamp=timestamp)
+        if self._verifies(keys, signature, message):
+            return verified
         # Perhaps signed with a key fal added after our last fetch.
         if await self._refresh(generation):
             keys, _ = await self._usable_keys()
-            if _any_key_verifies(keys, signature, message):
-                return VerifiedFalWebhook(
-                    request_id=request_id, user_id=user_id, timestamp=timestamp
-                )
+            if self._verifies(keys, signature, message):
+                return verified
         raise WebhookSignatureError("bad_signature")
+
+    def _verifies(self, keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
+        """Try each key; the one that verifies is tried first next time.
+
+        fal signs with one current key while its JWKS also lists others (around a
+        rotation), and a failed Ed25519 check costs as much as a successful one.
+        """
+        for key in keys:
+            try:
+                key.verify(signature, message)
+            except InvalidSignature:
+                continue
+            if key is not keys[0] and keys is self._keys:
+                self._keys = [key, *(other for other in keys if other is not key)]
+            return True
+        return False
 
     async def _usable_keys(self) -> tuple[list[Ed25519PublicKey], int]:
         if self._fetched_at is None or self._age() >= self._ttl:
@@ -236,16 +259,6 @@ class FalWebhookVerifier:
             # Replacing good keys with none would reject every webhook until the next fetch.
             raise JwksUnavailable("JWKS holds no usable Ed25519 key")
         return keys
-
-
-def _any_key_verifies(keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
-    for key in keys:
-        try:
-            key.verify(signature, message)
-        except InvalidSignature:
-            continue
-        return True
-    return False
 
 
 class FalWebhookSigner:

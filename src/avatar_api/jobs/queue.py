@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Table, insert
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.db import utcnow
 from avatar_api.jobs.registry import validate_kind_name
-from avatar_api.models.job import ACTIVE_JOB_STATUSES, DEDUPE_KEY_MAX_LENGTH, Job
+from avatar_api.models.job import ACTIVE_JOB_STATUSES, DEDUPE_KEY_MAX_LENGTH, Job, JobStatus
+
+JOBS_TABLE: Table = Job.__table__  # type: ignore[attr-defined]
+# Built once: SQLAlchemy then reuses its compiled form for every enqueue_row() call.
+_INSERT_JOB = insert(JOBS_TABLE)
 
 
 async def enqueue(
@@ -35,13 +42,9 @@ async def enqueue(
     With a ``dedupe_key`` that already has a pending or running job, that job is returned
     and nothing is added (compare ``job.id`` to tell). A finished job does not block the key.
     """
-    validate_kind_name(kind)
-    if max_attempts is not None and max_attempts < 1:
-        raise ValueError("max_attempts must be at least 1")
+    _check(kind, run_at=run_at, max_attempts=max_attempts)
     if dedupe_key is not None and not 0 < len(dedupe_key) <= DEDUPE_KEY_MAX_LENGTH:
         raise ValueError(f"dedupe_key must be 1-{DEDUPE_KEY_MAX_LENGTH} characters")
-    if run_at is not None and run_at.tzinfo is None:
-        raise ValueError("run_at must be timezone-aware")
     job = Job(
         kind=kind,
         payload=_json_object(payload),
@@ -70,6 +73,61 @@ async def enqueue(
             raise
         return existing
     return job
+
+
+def job_row(
+    *,
+    kind: str,
+    payload: Mapping[str, object],
+    run_at: datetime | None = None,
+    max_attempts: int | None = None,
+) -> dict[str, Any]:
+    """The ``jobs`` row :func:`enqueue` would write (no ``dedupe_key``), for a Core insert.
+
+    The same checks, JSON payload and defaults, without building an ORM object. It sets
+    every column whose default is not NULL, so its keys never vary: one compiled
+    statement serves every call.
+    """
+    _check(kind, run_at=run_at, max_attempts=max_attempts)
+    now = utcnow()
+    return {
+        "id": uuid.uuid4(),
+        "kind": kind,
+        "payload": _json_object(payload),
+        "status": JobStatus.pending,
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "run_at": run_at or now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+async def enqueue_row(
+    connection: AsyncConnection,
+    *,
+    kind: str,
+    payload: Mapping[str, object],
+    run_at: datetime | None = None,
+    max_attempts: int | None = None,
+) -> uuid.UUID:
+    """:func:`enqueue` for hot paths: one Core ``INSERT`` of :func:`job_row`.
+
+    Pass ``await session.connection()`` so that the job joins the session's transaction
+    and commits (or rolls back) with it. Returns the new job's id.
+    """
+    row = job_row(kind=kind, payload=payload, run_at=run_at, max_attempts=max_attempts)
+    await connection.execute(_INSERT_JOB, row)
+    job_id: uuid.UUID = row["id"]
+    return job_id
+
+
+def _check(kind: str, *, run_at: datetime | None, max_attempts: int | None) -> None:
+    validate_kind_name(kind)
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    if run_at is not None and run_at.tzinfo is None:
+        raise ValueError("run_at must be timezone-aware")
 
 
 async def _active_job(session: AsyncSession, dedupe_key: str) -> Job | None:

@@ -36,7 +36,7 @@ def check_metrics_token(settings: Settings) -> None:
             )
 
 
-def require_metrics_token(request: Request) -> None:
+async def require_metrics_token(request: Request) -> None:
     settings: Settings = request.app.state.settings
     expected = settings.metrics_token.get_secret_value() if settings.metrics_token else ""
     if not expected:

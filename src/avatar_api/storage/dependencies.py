@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from avatar_api.storage.base import ObjectStorage
 
 
-def get_storage(request: Request) -> ObjectStorage:
+async def get_storage(request: Request) -> ObjectStorage:
     storage: ObjectStorage = request.app.state.storage
     return storage
 

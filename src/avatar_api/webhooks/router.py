@@ -29,7 +29,7 @@ from avatar_api.webhooks.ssrf import Resolver, system_resolver
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
 
 
-def get_resolver() -> Resolver:
+async def get_resolver() -> Resolver:
     """The DNS resolver of the SSRF check; tests override this dependency."""
     return system_resolver
 
