@@ -151,8 +151,13 @@ class RateLimiter:
         window = self._current(key_id, window_start(now))
         while window.left == 0 and not window.exhausted:
             async with window.lock:
-                if window.left == 0 and not window.exhausted:
-                    await self._reserve(key_id, window, now)
+                current = self._clock()
+                if window_start(current) != window.start:
+                    # Waiting for the lock crossed into the next window: count it there.
+                    now = current
+                    window = self._current(key_id, window_start(now))
+                elif window.left == 0 and not window.exhausted:
+                    await self._reserve(key_id, window, current)
         reset = reset_seconds(window.start, now)
         if window.left == 0:
             return RateLimitDecision(limit=self.limit, count=self.limit + 1, reset_seconds=reset)

@@ -194,8 +194,13 @@ async def test_a_user_erasure_that_fails_part_way_is_finished_by_asking_again(
             return count
 
         monkeypatch.setattr(storage, "delete_prefix", storage_down_for_second)
-        with pytest.raises(OSError, match="storage unavailable"):
-            await stack.client.delete("/v1/users/tg:7")
+        stopped = await stack.client.delete("/v1/users/tg:7")
+        problem = await json_of(stopped, 503)
+        assert problem["code"] == "user_erasure_incomplete"
+        assert stopped.headers["Retry-After"] == "5"
+        # The receipt of what is gone, which asking again will not repeat.
+        assert [r["avatar_id"] for r in problem["erased"]] == [first]
+        assert problem["erased"][0]["storage_objects_deleted"] == 1
         # Each avatar is its own transaction: the first is erased, the second still whole.
         assert (await stack.client.get(f"/v1/avatars/{first}")).status_code == 404
         photos = await json_of(await stack.client.get(f"/v1/avatars/{second}/photos"), 200)

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -241,3 +242,34 @@ async def test_processes_reserving_blocks_never_admit_beyond_the_limit(
     # A new window starts a new budget.
     later = _limiter(engine, limit, now + timedelta(minutes=1))
     assert (await later.check(committed_key)).count == 1
+
+
+async def test_a_request_that_waited_into_the_next_minute_is_counted_there(
+    engine: AsyncEngine, committed_key: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [datetime(2026, 1, 1, 12, 0, 59, tzinfo=UTC)]
+    limiter = RateLimiter(limit=3, sessionmaker=create_sessionmaker(engine), clock=lambda: clock[0])
+    gate = asyncio.Event()
+    reserve = limiter._reserve
+
+    async def slow_reserve(key_id: uuid.UUID, window: Any, now: datetime) -> None:
+        await gate.wait()  # the database is slow: the next request queues on the lock
+        await reserve(key_id, window, now)
+
+    monkeypatch.setattr(limiter, "_reserve", slow_reserve)
+    first = asyncio.create_task(limiter.check(committed_key))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(limiter.check(committed_key))
+    await asyncio.sleep(0.05)
+    clock[0] = datetime(2026, 1, 1, 12, 1, 0, 500_000, tzinfo=UTC)
+    gate.set()
+
+    one, two = await first, await second
+    assert (one.count, one.reset_seconds) == (1, 1)
+    # Not added to the minute that ended while it waited (its row may already be gone).
+    assert (two.count, two.reset_seconds) == (1, 60)
+    async with session_scope(create_sessionmaker(engine)) as session:
+        rows = await session.exec(
+            select(RateLimitWindow).where(RateLimitWindow.key_id == committed_key)
+        )
+        assert [(row.window_start.minute, row.count) for row in rows.all()] == [(1, 1)]

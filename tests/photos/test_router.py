@@ -3,7 +3,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -13,7 +13,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.models import Avatar, AvatarStatus, Photo
-from avatar_api.photos.upload import DiskBudget, UploadsBusy, declared_size
+from avatar_api.photos.upload import DiskBudget, UploadsBusy
 from tests.conftest import make_settings
 from tests.photos.fixtures import PhotoFixture
 from tests.photos.portraits import portrait_jpegs
@@ -267,20 +267,37 @@ async def test_uploads_beyond_the_temp_disk_budget_are_told_to_retry(
     budget = app.state.upload_disk_budget
     files = portraits(1)
     size = len(files[0][1])
-    # Other uploads are being received and hold all but a few bytes of the budget.
-    with budget.reserve(budget.limit_bytes - size // 2):
-        busy = await upload(client, avatar_id, files)
+    # Other uploads have written all but a few bytes of the budget.
+    with budget.account() as others:
+        others(budget.limit_bytes - size // 2)
+        busy = await upload(client, avatar_id, files)  # its Content-Length cannot fit
         assert busy.status_code == 503
         assert busy.headers["content-type"] == "application/problem+json"
         assert busy.json()["code"] == "uploads_busy"
         assert busy.headers["Retry-After"] == "5"
-    # Nothing was read or kept, and the refused request released nothing it did not hold.
+        assert budget.used_bytes == budget.limit_bytes - size // 2
+
+        # Without a Content-Length (chunked), it is cut off once it outgrows the room.
+        body, content_type = httpx_multipart(files)
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), 16 * 1024):
+                yield body[start : start + 16 * 1024]
+
+        cut = await client.post(
+            f"/v1/avatars/{avatar_id}/photos",
+            content=chunked(),
+            headers={"content-type": content_type},
+        )
+        assert cut.status_code == 503
+        assert cut.json()["code"] == "uploads_busy"
+        assert budget.used_bytes == budget.limit_bytes - size // 2  # its charge was freed
     assert budget.used_bytes == 0
     assert (await client.get(f"/v1/avatars/{avatar_id}/photos")).json()["photo_count"] == 0
 
     accepted = await upload(client, avatar_id, files)
     assert accepted.status_code == 201
-    assert budget.used_bytes == 0  # released after the request, as after a failed one
+    assert budget.used_bytes == 0  # freed after the request, as after a failed one
     bad = await client.post(
         f"/v1/avatars/{avatar_id}/photos",
         content=b"--zzz\r\ngarbage",
@@ -290,17 +307,30 @@ async def test_uploads_beyond_the_temp_disk_budget_are_told_to_retry(
     assert budget.used_bytes == 0
 
 
-def test_declared_sizes_and_the_budget() -> None:
-    assert declared_size("1000", 5000) == 1000
-    assert declared_size("9" * 30, 5000) == 5000  # never more than a request may send
-    assert declared_size(None, 5000) == 5000  # chunked: the cap
-    assert declared_size("-1", 5000) == 5000
+def httpx_multipart(files: Sequence[FileSpec]) -> tuple[bytes, str]:
+    request = httpx.Request(
+        "POST",
+        "http://test/",
+        files=[("files", (name, data, "image/jpeg")) for name, data in files],
+    )
+    return request.read(), request.headers["content-type"]
+
+
+def test_the_budget_charges_what_is_written_and_frees_it() -> None:
     budget = DiskBudget(10)
-    with budget.reserve(6):
+    budget.check_room(None, max_request_bytes=10)  # chunked: nothing to check up front
+    budget.check_room("10", max_request_bytes=10)
+    with budget.account() as one:
+        one(6)
         with pytest.raises(UploadsBusy):
-            budget.reserve(5).__enter__()
-        with budget.reserve(4):
+            budget.check_room("5", max_request_bytes=10)
+        budget.check_room("11", max_request_bytes=10)  # too large anyway: a 413, not a 503
+        with budget.account() as two:
+            two(4)
             assert budget.used_bytes == 10
+            with pytest.raises(UploadsBusy):
+                two(1)
+        assert budget.used_bytes == 6
     assert budget.used_bytes == 0
     with pytest.raises(ValueError, match="TEMP_BUDGET"):
         make_settings(

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from pytest_httpx import HTTPXMock
-from sqlalchemy import delete, update
+from sqlalchemy import delete
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -53,6 +53,7 @@ from avatar_api.models import (
     TrainingType,
 )
 from avatar_api.settings import Settings
+from avatar_api.training.repository import lock_with_avatar
 from avatar_api.training.tasks import APPLY_EVENT_JOB
 from avatar_api.training.tokens import webhook_token, webhook_url
 from avatar_api.webhooks.fal_service import MAX_BODY_BYTES, receive_fal_webhook
@@ -503,15 +504,18 @@ async def test_a_copy_waits_for_the_first_copys_transaction(fal: Fal, first_comm
     assert await stored(fal.stack) == (1, 1)
 
 
-async def test_an_open_update_of_the_training_does_not_hold_up_its_webhook(fal: Fal) -> None:
-    # The reconciler and the apply job update trainings all the time; a delivery only
-    # needs the row to exist, so it must not queue behind their transactions.
+async def test_a_writer_holding_the_training_does_not_hold_up_its_webhook(fal: Fal) -> None:
+    # The reconciler, the apply job and a cancel lock and update trainings all the time
+    # (through the writers' own lock, as here); a delivery only needs the row to exist, so
+    # it must not queue behind their transactions.
     needs_postgresql(fal)
     training = await make_training(fal.stack)
-    async with fal.stack.engine.connect() as other:
-        await other.execute(
-            update(Training).where(col(Training.id) == training.id).values(last_checked_at=utcnow())
-        )
+    async with session_scope(fal.stack.app.state.sessionmaker) as writer:
+        locked = await lock_with_avatar(writer, training_id=training.id)
+        assert locked is not None
+        locked[0].last_checked_at = utcnow()
+        writer.add(locked[0])
+        await writer.flush()
 
         response = await asyncio.wait_for(
             fal.deliver(training.id, ok_body(request_id_of(training))), timeout=10
@@ -519,7 +523,6 @@ async def test_an_open_update_of_the_training_does_not_hold_up_its_webhook(fal: 
 
         assert response.status_code == 200, response.text
         assert response.json() == {"status": "accepted"}
-        await other.rollback()
     assert await stored(fal.stack) == (1, 1)
 
 

@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from avatar_api.auth.service import Principal
 from avatar_api.avatars import repository as avatar_repository
+from avatar_api.avatars.errors import UserErasureIncomplete
 from avatar_api.avatars.schemas import (
     AvatarDeletionReceipt,
     DeletedRecords,
@@ -140,12 +141,26 @@ async def delete_user(
                 .order_by(col(Avatar.created_at))
             )
         ).all()
-    receipts = []
+    receipts: list[AvatarDeletionReceipt] = []
     for avatar_id in avatar_ids:
-        async with session_scope(services.sessionmaker) as session:
-            avatar = await avatar_repository.get(
-                session, tenant_id=principal.tenant_id, avatar_id=avatar_id, for_update=True
+        try:
+            async with session_scope(services.sessionmaker) as session:
+                avatar = await avatar_repository.get(
+                    session, tenant_id=principal.tenant_id, avatar_id=avatar_id, for_update=True
+                )
+                if avatar is not None:  # erased meanwhile by another request
+                    receipts.append(await erase_avatar(session, services=services, avatar=avatar))
+        except Exception as exc:
+            if not receipts:
+                raise  # nothing changed: the error as it is
+            logger.exception(
+                "user.erasure_incomplete",
+                extra={"tenant_id": str(principal.tenant_id), "erased": len(receipts)},
             )
-            if avatar is not None:  # erased meanwhile by another request
-                receipts.append(await erase_avatar(session, services=services, avatar=avatar))
+            # The receipts of what is gone already, which asking again will not repeat.
+            raise UserErasureIncomplete(
+                f"{len(receipts)} of the user's {len(avatar_ids)} avatars were erased before "
+                "an error; send the request again to erase the rest.",
+                erased=[receipt.model_dump(mode="json") for receipt in receipts],
+            ) from exc
     return UserDeletionReceipt(external_user_id=external_user_id, avatars=receipts)

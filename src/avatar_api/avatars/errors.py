@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from avatar_api.errors import Conflict, NotFound, UnprocessableEntity
+from typing import Any
+
+from avatar_api.errors import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
 
 
 class AvatarNotFound(NotFound):
@@ -21,3 +23,17 @@ class AvatarNotEditable(Conflict):
 class MetadataTooLarge(UnprocessableEntity):
     code = "metadata_too_large"
     title = "Metadata too large"
+
+
+class UserErasureIncomplete(ServiceUnavailable):
+    """Some of a user's avatars were erased, then one failed; the problem lists the erased."""
+
+    code = "user_erasure_incomplete"
+    title = "The user's erasure stopped part-way"
+
+    def __init__(self, detail: str, *, erased: list[dict[str, Any]]) -> None:
+        super().__init__(detail, headers={"Retry-After": "5"})
+        self.erased = erased
+
+    def extra(self) -> dict[str, Any]:
+        return {"erased": self.erased}

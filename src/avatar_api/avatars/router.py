@@ -6,7 +6,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 
 from avatar_api.avatars import deletion, service
-from avatar_api.avatars.errors import AvatarNotEditable, AvatarNotFound, MetadataTooLarge
+from avatar_api.avatars.errors import (
+    AvatarNotEditable,
+    AvatarNotFound,
+    MetadataTooLarge,
+    UserErasureIncomplete,
+)
 from avatar_api.avatars.schemas import (
     AvatarCreate,
     AvatarDeletionReceipt,
@@ -125,7 +130,7 @@ async def delete_avatar(
 @users_router.delete(
     "/{external_user_id}",
     operation_id="delete_user",
-    responses=problem_responses(Unauthorized),
+    responses=problem_responses(Unauthorized, UserErasureIncomplete),
 )
 async def delete_user(
     external_user_id: Annotated[str, Path(min_length=1, max_length=128)],
@@ -134,8 +139,9 @@ async def delete_user(
 ) -> UserDeletionReceipt:
     """Erase every avatar of one of your users (by your external_user_id); returns receipts.
 
-    Avatars are erased one at a time; if the request fails part-way, send it again to erase
-    the rest.
+    Avatars are erased one at a time. If one fails after others were erased, the answer is a
+    503 `user_erasure_incomplete` problem whose `erased` member holds the receipts of those;
+    send the request again to erase the rest.
     """
     return await deletion.delete_user(
         services=services, principal=principal, external_user_id=external_user_id

@@ -185,7 +185,9 @@ async def cancel_generation(
     """Cancel here at once; stopping fal's request (and deleting its payloads) is a job."""
     await get_generation(session, principal=principal, generation_id=generation_id)
     generation = await repository.lock(session, generation_id=generation_id)
-    if generation is None or generation.status in TERMINAL:
+    if generation is None:  # erased since the read above
+        raise GenerationNotFound(f"No generation with id {generation_id}.")
+    if generation.status in TERMINAL:
         raise GenerationNotCancellable("Only a queued or running generation can be cancelled.")
     await set_generation_status(session, generation, GenerationStatus.cancelled)
     generation.error_code = "cancelled"

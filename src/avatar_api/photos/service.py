@@ -42,10 +42,10 @@ from avatar_api.photos.schemas import (
     PhotoUploadResult,
 )
 from avatar_api.photos.upload import (
+    OUTPUT_BYTES_PER_PHOTO,
     DiskBudget,
     ReceivedFile,
     UploadLimits,
-    declared_size,
     receive_files,
 )
 from avatar_api.services import Services
@@ -221,9 +221,10 @@ async def upload_photos(
         avatar.training_type is TrainingType.portrait
         and settings.photo_face_check is not FaceCheck.off
     )
-    # Temp disk: the declared body size (or the per-request cap) is reserved against the
-    # process's budget before a byte is read; over budget, 503 and the caller retries.
-    with disk_budget.reserve(declared_size(content_length, settings.upload_max_request_bytes)):
+    # Temp disk is charged against the process's budget as it is written (the body, then
+    # an allowance per normalised photo); over budget, 503 and the caller retries.
+    disk_budget.check_room(content_length, max_request_bytes=settings.upload_max_request_bytes)
+    with disk_budget.account() as charge:
         work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="avatar-upload-"))
         stored: list[str] = []
         try:
@@ -237,7 +238,9 @@ async def upload_photos(
                     max_request_bytes=settings.upload_max_request_bytes,
                     max_files=settings.upload_max_files,
                 ),
+                charge=charge,
             )
+            charge(len(files) * OUTPUT_BYTES_PER_PHOTO)
             outcomes = await _normalise_all(
                 files,
                 work_dir=work_dir,

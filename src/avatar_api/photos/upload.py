@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -62,19 +62,17 @@ class UploadsBusy(ServiceUnavailable):
     title = "Too many uploads in progress"
 
 
-def declared_size(content_length: str | None, max_request_bytes: int) -> int:
-    """What a request may write to temp disk: its Content-Length, else the per-request cap."""
-    if content_length is not None and content_length.isdigit():
-        return min(int(content_length), max_request_bytes)
-    return max_request_bytes
+# What one normalised photo may take on temp disk (a 2048 px JPEG is 0.5-3 MB).
+OUTPUT_BYTES_PER_PHOTO = 4 * 1024 * 1024
 
 
 class DiskBudget:
-    """The temp-disk bytes that uploads being received in this process may use at once.
+    """The temp-disk bytes that uploads in this process may use at once.
 
-    Each upload reserves its declared size before reading its body (the body can never
-    exceed it: a longer one is cut off at its Content-Length by the server, at the cap by
-    :func:`receive_files`). One event loop runs every reservation, so no lock is needed.
+    Bytes are charged as they are written, not reserved up front: a client that opens an
+    upload and sends nothing holds nothing. An upload whose Content-Length cannot fit is
+    refused before a byte is read; one that outgrows the room mid-way is cut off there.
+    One event loop does all the accounting, so no lock is needed.
     """
 
     RETRY_AFTER_SECONDS = 5
@@ -83,20 +81,42 @@ class DiskBudget:
         self.limit_bytes = limit_bytes
         self.used_bytes = 0
 
+    def _refuse(self) -> UploadsBusy:
+        UPLOADS_BUSY.inc()
+        return UploadsBusy(
+            "The service is receiving as many uploads as its temporary disk allows; "
+            f"retry in {self.RETRY_AFTER_SECONDS} s.",
+            headers={"Retry-After": str(self.RETRY_AFTER_SECONDS)},
+        )
+
+    def check_room(self, content_length: str | None, *, max_request_bytes: int) -> None:
+        """Refuse at once an upload whose declared size does not fit in what is free.
+
+        A size over the per-request cap is left to :func:`receive_files` (a 413: it will
+        never fit, and retrying would not help).
+        """
+        if content_length is None or not content_length.isdigit():
+            return
+        size = int(content_length)
+        if size <= max_request_bytes and size > self.limit_bytes - self.used_bytes:
+            raise self._refuse()
+
     @contextlib.contextmanager
-    def reserve(self, size: int) -> Iterator[None]:
-        if self.used_bytes + size > self.limit_bytes:
-            UPLOADS_BUSY.inc()
-            raise UploadsBusy(
-                "The service is receiving as many uploads as its temporary disk allows; "
-                f"retry in {self.RETRY_AFTER_SECONDS} s.",
-                headers={"Retry-After": str(self.RETRY_AFTER_SECONDS)},
-            )
-        self.used_bytes += size
+    def account(self) -> Iterator[Callable[[int], None]]:
+        """A ``charge(size)`` function for one upload; all it charged is freed at the end."""
+        charged = 0
+
+        def charge(size: int) -> None:
+            nonlocal charged
+            if self.used_bytes + size > self.limit_bytes:
+                raise self._refuse()
+            self.used_bytes += size
+            charged += size
+
         try:
-            yield
+            yield charge
         finally:
-            self.used_bytes -= size
+            self.used_bytes -= charged
 
 
 @dataclass
@@ -234,8 +254,12 @@ async def receive_files(
     stream: AsyncIterator[bytes],
     tmp_dir: Path,
     limits: UploadLimits,
+    charge: Callable[[int], None] | None = None,
 ) -> list[ReceivedFile]:
-    """Read a multipart body into temp files under ``tmp_dir``, stopping at the first cap."""
+    """Read a multipart body into temp files under ``tmp_dir``, stopping at the first cap.
+
+    ``charge`` is told every chunk's size before it is written (a temp-disk budget).
+    """
     media, params = parse_options_header(content_type or "")
     boundary = params.get(b"boundary")
     if media != b"multipart/form-data" or not boundary:
@@ -263,6 +287,8 @@ async def receive_files(
                 raise UploadTooLarge(
                     f"The upload exceeds the {limits.max_request_bytes} bytes limit per request."
                 )
+            if charge is not None:
+                charge(len(chunk))
             try:
                 parser.write(chunk)
             except Exception as exc:  # python-multipart raises several types on bad input

@@ -140,10 +140,13 @@ async def _zip_stream(
 
     central = bytearray()
     offset = 0
+    awaited: asyncio.Task[_Photo] | None = None  # out of ``fetches``, being awaited
     try:
         fetch_more()
         for number in range(1, len(photo_keys) + 1):
-            photo = await fetches.popleft()
+            awaited = fetches.popleft()
+            photo = await awaited
+            awaited = None
             fetch_more()
             name = entry_name(number).encode("ascii")
             end = offset + _LOCAL_HEADER.size + len(name) + photo.size
@@ -200,9 +203,10 @@ async def _zip_stream(
     finally:
         # On failure or early close: stop the downloads still running and wait for them,
         # so their files are closed before the work directory goes.
-        for task in fetches:
+        running = [*fetches, *([awaited] if awaited is not None else [])]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*fetches, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 async def build_archive(

@@ -46,7 +46,11 @@ async def list_page(
 async def lock_with_avatar(
     session: AsyncSession, *, training_id: uuid.UUID
 ) -> tuple[Training, Avatar] | None:
-    """The training and its avatar, both locked, avatar first (the order every writer uses)."""
+    """The training and its avatar, both locked, avatar first (the order every writer uses).
+
+    The training is locked FOR NO KEY UPDATE (writers never change its id): a fal webhook
+    delivery, which reads it FOR KEY SHARE, is not held up by it.
+    """
     training = await session.get(Training, training_id)
     if training is None:
         return None
@@ -54,7 +58,9 @@ async def lock_with_avatar(
         await session.exec(select(Avatar).where(Avatar.id == training.avatar_id).with_for_update())
     ).first()
     locked = (
-        await session.exec(select(Training).where(Training.id == training_id).with_for_update())
+        await session.exec(
+            select(Training).where(Training.id == training_id).with_for_update(key_share=True)
+        )
     ).first()
     if avatar is None or locked is None:
         return None

@@ -118,7 +118,7 @@ async def copy_result(ctx: JobContext) -> None:
     except httpx.HTTPError as exc:
         raise RetryableJobError(f"result download failed: {exc}") from exc
     async with session_scope(services.sessionmaker) as session:
-        row = await session.get(Training, training_id, with_for_update=True)
+        row = await session.get(Training, training_id, with_for_update={"key_share": True})
         if row is None:  # the avatar was deleted meanwhile: drop what we just copied
             await services.storage.delete(lora_key)
             if config_key:

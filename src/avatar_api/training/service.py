@@ -172,7 +172,7 @@ async def cancel_training(
     training = await repository.latest_for_avatar(session, avatar_id=avatar.id)
     if training is None or training.status not in ACTIVE:
         raise TrainingNotCancellable("There is no queued or running training to cancel.")
-    await session.refresh(training, with_for_update=True)
+    await session.refresh(training, with_for_update={"key_share": True})
     await set_training_status(session, training, avatar, TrainingStatus.cancelled)
     training.error_code = "cancelled"
     training.error_message = "Cancelled by the caller."

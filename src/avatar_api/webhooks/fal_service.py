@@ -139,7 +139,7 @@ async def receive_fal_webhook(
 
     async def lock() -> LockedFalRow | None:
         training = await session.get(
-            Training, training_id, with_for_update=True, populate_existing=True
+            Training, training_id, with_for_update={"key_share": True}, populate_existing=True
         )
         if training is None:
             return None
@@ -391,9 +391,10 @@ def _store_once_pg(target: FalWebhookTarget) -> Select[tuple[str | None, int]]:
     ``stored`` = 1 when the event and its job were inserted, 0 when the event was already
     there (a re-delivery) or the request id differs (then nothing is written).
 
-    The row is read ``FOR KEY SHARE``, which blocks no other reader, delivery or ordinary
-    update, only its deletion: a row deleted meanwhile is seen as gone (a 401), instead of
-    failing the event's foreign key (a 500).
+    The row is read ``FOR KEY SHARE``, which blocks no reader, no other delivery and no
+    writer (writers lock trainings and generations ``FOR NO KEY UPDATE``), only its
+    deletion: a row deleted meanwhile is seen as gone (a 401), instead of failing the
+    event's foreign key (a 500).
     """
     rows, events = target.rows, target.events
     owner = (
