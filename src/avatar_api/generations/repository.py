@@ -25,11 +25,7 @@ async def get(
 
 async def lock(session: AsyncSession, *, generation_id: uuid.UUID) -> Generation | None:
     """The generation, locked and freshly read (the only way writers load it)."""
-    stmt = (
-        select(Generation)
-        .where(Generation.id == generation_id)
-        .with_for_update(key_share=True)
-    )
+    stmt = select(Generation).where(Generation.id == generation_id).with_for_update(key_share=True)
     generation = (await session.exec(stmt)).first()
     if generation is not None:
         await session.refresh(generation)
