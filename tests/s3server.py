@@ -261,12 +261,22 @@ async def s3_storage(s3_server: S3Server) -> AsyncIterator[S3Storage]:
         # SeaweedFS keeps a collection (volume files) per bucket; dropping the bucket
         # keeps a long session's disk use flat. `weed mini` allows deleting a non-empty
         # bucket (-s3.allowDeleteBucketNotEmpty defaults to true).
-        await asyncio.to_thread(_drop_bucket, s3_server, storage.bucket)
+        await asyncio.to_thread(drop_bucket, s3_server, storage.bucket)
 
 
-def _drop_bucket(server: S3Server, bucket: str) -> None:
+def drop_bucket(server: S3Server, bucket: str) -> None:
     client = server.client()
     try:
         client.delete_bucket(Bucket=bucket)
+    finally:
+        client.close()
+
+
+def open_uploads(server: S3Server, bucket: str) -> list[str]:
+    """The bucket's multipart uploads still open, as "key upload-id" (none after an abort)."""
+    client = server.client()
+    try:
+        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        return [f"{u.get('Key')} {u.get('UploadId')}" for u in uploads]
     finally:
         client.close()

@@ -33,7 +33,7 @@ from avatar_api.storage import (
 )
 from avatar_api.storage.base import MiB
 from avatar_api.storage.router import router as files_router
-from tests.s3server import S3Server
+from tests.s3server import S3Server, open_uploads
 
 SECRET = b"test-signing-secret"
 PUBLIC_BASE_URL = "http://api.test"
@@ -82,16 +82,8 @@ def _s3_harness(storage: S3Storage, server: S3Server) -> Harness:
         # The server checks expiry against its own wall clock: only real time will do.
         await asyncio.sleep(seconds)
 
-    def list_uploads() -> list[str]:
-        client = server.client()
-        try:
-            uploads = client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", [])
-            return [f"{u.get('Key')} {u.get('UploadId')}" for u in uploads]
-        finally:
-            client.close()
-
     async def leftovers() -> list[str]:
-        return await asyncio.to_thread(list_uploads)
+        return await asyncio.to_thread(open_uploads, server, storage.bucket)
 
     return Harness(storage, advance, leftovers)
 

@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from avatar_api.storage import S3Storage, StorageOperationFailed
 from avatar_api.storage.base import MiB
-from tests.s3server import S3Server
+from tests.s3server import S3Server, drop_bucket, open_uploads
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
@@ -65,26 +65,7 @@ async def storage(s3_server: S3Server) -> AsyncIterator[RecordingS3Storage]:
         yield storage
     finally:
         await storage.close()
-        await asyncio.to_thread(_drop_bucket, s3_server, storage.bucket)
-
-
-def _drop_bucket(server: S3Server, bucket: str) -> None:
-    client = server.client()
-    try:
-        client.delete_bucket(Bucket=bucket)
-    finally:
-        client.close()
-
-
-def _uploads(server: S3Server, bucket: str) -> list[str]:
-    client = server.client()
-    try:
-        return [
-            str(u.get("UploadId"))
-            for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-        ]
-    finally:
-        client.close()
+        await asyncio.to_thread(drop_bucket, s3_server, storage.bucket)
 
 
 async def stream(data: bytes, chunk_size: int) -> AsyncIterator[bytes]:
@@ -151,7 +132,7 @@ async def test_failed_part_aborts_the_upload(
         await storage.put_stream("a/obj", chunks(), content_type="text/plain", part_size=5 * MiB)
 
     assert await read_all(storage, "a/obj") == b"previous"
-    assert await asyncio.to_thread(_uploads, s3_server, storage.bucket) == []
+    assert await asyncio.to_thread(open_uploads, s3_server, storage.bucket) == []
     # The failure stopped the stream early instead of uploading all 40 MiB first.
     assert produced < 40
 

@@ -24,7 +24,7 @@ from avatar_api.storage import LocalStorage, ObjectStorage, S3Storage, StorageOb
 from avatar_api.storage.base import DEFAULT_CHUNK_SIZE
 from avatar_api.training import archive
 from avatar_api.training.archive import ArchiveTooLarge, build_archive, entry_name
-from tests.s3server import S3Server, s3_server, s3_storage  # noqa: F401  (fixtures)
+from tests.s3server import S3Server, open_uploads, s3_server, s3_storage  # noqa: F401  (fixtures)
 
 ARCHIVE_KEY = "tenants/t/avatars/a/archives/training.zip"
 LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # the zip format's local file header
@@ -54,16 +54,8 @@ def local_backend(root: Path) -> Backend:
 
 
 def s3_backend(storage: S3Storage, server: S3Server) -> Backend:
-    def list_uploads() -> list[str]:
-        client = server.client()
-        try:
-            uploads = client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", [])
-            return [f"{u.get('Key')} {u.get('UploadId')}" for u in uploads]
-        finally:
-            client.close()
-
     async def leftovers() -> list[str]:
-        return await asyncio.to_thread(list_uploads)
+        return await asyncio.to_thread(open_uploads, server, storage.bucket)
 
     return Backend(storage, leftovers)
 
