@@ -19,12 +19,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from avatar_api.db import session_scope, utcnow
 from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.fal.gateway import (
-    FalCredentialsMissing,
-    FalPermanentError,
-    FalRetriableError,
     FalState,
     FalStatus,
 )
+from avatar_api.fal.outcome import FalRequestGone, fetch_outcome
 from avatar_api.fal.submission import submit_to_fal
 from avatar_api.generations import repository
 from avatar_api.generations.events import notify
@@ -348,20 +346,13 @@ async def poll_generation(ctx: JobContext) -> None:
     if generation is None or generation.status in TERMINAL or generation.request_id is None:
         return
     try:
-        status = await services.gateway.status(generation.endpoint, generation.request_id)
-        output = None
-        if status.state is FalState.COMPLETED and not status.failed:
-            output = await services.gateway.result(generation.endpoint, generation.request_id)
-    except FalRetriableError as exc:
-        raise RetryableJobError(f"fal status unavailable: {exc}") from exc
-    except FalPermanentError as exc:
-        if isinstance(exc, FalCredentialsMissing) or exc.status_code in (401, 403):
-            # Our key's fault, not the request's: failing every generation would be wrong.
-            raise RetryableJobError(f"fal refused our credentials: {exc}") from exc
+        outcome = await fetch_outcome(services.gateway, generation.endpoint, generation.request_id)
+    except FalRequestGone as exc:
         await _fail_by_id(
             services, generation_id, code="fal_error", message=f"fal lost the request: {exc}"
         )
         return
+    status, output = outcome.status, outcome.output
     async with session_scope(services.sessionmaker) as session:
         locked = await repository.lock(session, generation_id=generation_id)
         if locked is None:

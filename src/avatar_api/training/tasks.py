@@ -19,12 +19,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from avatar_api.db import session_scope, utcnow
 from avatar_api.fal.gateway import (
     CancelOutcome,
-    FalCredentialsMissing,
-    FalPermanentError,
     FalRetriableError,
     FalState,
     FalStatus,
 )
+from avatar_api.fal.outcome import FalRequestGone, fetch_outcome
 from avatar_api.fal.submission import submit_to_fal
 from avatar_api.jobs.errors import RetryableJobError
 from avatar_api.jobs.queue import enqueue
@@ -279,17 +278,8 @@ async def poll_training(ctx: JobContext) -> None:
     if training is None or training.status in TERMINAL or training.request_id is None:
         return
     try:
-        status = await services.gateway.status(training.endpoint, training.request_id)
-        output = None
-        if status.state is FalState.COMPLETED and not status.failed:
-            output = await services.gateway.result(training.endpoint, training.request_id)
-    except FalRetriableError as exc:
-        raise RetryableJobError(f"fal status unavailable: {exc}") from exc
-    except FalPermanentError as exc:
-        if isinstance(exc, FalCredentialsMissing) or exc.status_code in (401, 403):
-            raise  # our key is at fault, not this training: keep it and retry
-        # fal no longer knows the request, or its result is gone (kept about an hour):
-        # asking again cannot change the answer.
+        outcome = await fetch_outcome(services.gateway, training.endpoint, training.request_id)
+    except FalRequestGone as exc:
         async with session_scope(services.sessionmaker) as session:
             locked = await repository.lock_with_avatar(session, training_id=training_id)
             if locked is not None:
@@ -297,6 +287,7 @@ async def poll_training(ctx: JobContext) -> None:
                     session, *locked, code="fal_error", message=f"fal cannot report on it: {exc}"
                 )
         return
+    status, output = outcome.status, outcome.output
     async with session_scope(services.sessionmaker) as session:
         locked = await repository.lock_with_avatar(session, training_id=training_id)
         if locked is None:
