@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from avatar_api.db import session_scope
+from avatar_api.db import insert_on, session_scope
 from avatar_api.errors import AppError
 from avatar_api.models import RateLimitWindow
 from avatar_api.observability.context import add_response_headers
@@ -37,6 +35,8 @@ WINDOW_SECONDS = 60
 RESERVATION_DIVISOR = 50
 # ...and never more than this many requests.
 MAX_RESERVATION = 1000
+# Keys whose window this process remembers before it forgets those of earlier minutes.
+MAX_TRACKED_KEYS = 4000
 
 
 class RateLimited(AppError):
@@ -86,10 +86,8 @@ async def count_request(
     """
     start = window_start(now)
     table = RateLimitWindow.__table__  # type: ignore[attr-defined]
-    dialect = session.get_bind().dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     upsert = (
-        insert(table)
+        insert_on(session.get_bind().dialect.name, table)
         .values(key_id=key_id, window_start=start, count=amount)
         .on_conflict_do_update(
             index_elements=[table.c.key_id, table.c.window_start],
@@ -169,7 +167,7 @@ class RateLimiter:
     def _current(self, key_id: uuid.UUID, start: datetime) -> _Window:
         window = self._windows.get(key_id)
         if window is None or window.start != start:
-            if window is None and len(self._windows) >= 4 * MAX_RESERVATION:
+            if window is None and len(self._windows) >= MAX_TRACKED_KEYS:
                 # Forget the keys that were last seen in an earlier window.
                 self._windows = {k: w for k, w in self._windows.items() if w.start == start}
             window = self._windows[key_id] = _Window(start=start)

@@ -70,18 +70,8 @@ async def read_avatar(
     row = await repository.read_row(session, tenant_id=principal.tenant_id, avatar_id=avatar_id)
     if row is None:
         raise AvatarNotFound(f"No avatar with id {avatar_id}.")
-    return AvatarRead(
-        id=row["id"],
-        name=row["name"],
-        training_type=row["training_type"],
-        gender=row["gender"],
-        external_user_id=row["external_user_id"],
-        trigger_phrase=row["trigger_phrase"],
-        metadata=row["metadata"],
-        status=row["status"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    # The row's columns carry AvatarRead's field names (tenant_id and the like are ignored).
+    return AvatarRead.model_validate(dict(row))
 
 
 async def create_avatar(

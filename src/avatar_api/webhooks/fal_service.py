@@ -22,11 +22,11 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Insert, Row, Select, Table, bindparam, func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from avatar_api.db import utcnow
+from avatar_api.db import insert_on, utcnow
 from avatar_api.errors import AppError, PayloadTooLarge, ServiceUnavailable
 from avatar_api.fal.cleanup import enqueue_cleanup
 from avatar_api.fal.webhook_signature import (
@@ -368,19 +368,11 @@ def _request_id_query(rows: Table) -> Select[tuple[str | None]]:
 @functools.cache
 def _insert_once(dialect: str, target: FalWebhookTarget) -> Insert:
     events = target.events
-    if dialect == "postgresql":
-        return (
-            postgresql.insert(events)
-            .on_conflict_do_nothing(index_elements=_UNIQUE_KEY)
-            .returning(events.c.id)
-        )
-    if dialect == "sqlite":
-        return (
-            sqlite.insert(events)
-            .on_conflict_do_nothing(index_elements=_UNIQUE_KEY)
-            .returning(events.c.id)
-        )
-    raise NotImplementedError(f"no insert-once statement for {dialect}")
+    return (
+        insert_on(dialect, events)
+        .on_conflict_do_nothing(index_elements=_UNIQUE_KEY)
+        .returning(events.c.id)
+    )
 
 
 @functools.cache
