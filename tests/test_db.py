@@ -9,7 +9,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from avatar_api import db
-from avatar_api.db import create_engine, create_read_sessionmaker, create_sessionmaker
+from avatar_api.db import Reader, create_engine, create_read_sessionmaker, create_sessionmaker
+from avatar_api.db_pool import FairAsyncQueuePool, FairQueue
 from tests.conftest import make_settings
 
 
@@ -29,7 +30,14 @@ async def test_a_read_session_neither_waits_for_nor_takes_the_write_lock(
                     reader.scalar(text("SELECT count(*) FROM tenants")), timeout=3
                 )
                 assert count is not None
+            # The session-less reader of the hot paths behaves the same.
+            async with Reader(reads).connect() as connection:
+                again = await asyncio.wait_for(
+                    connection.scalar(text("SELECT count(*) FROM tenants")), timeout=3
+                )
+                assert again == count
             await writer.rollback()
+        assert engine.pool.checkedout() == 0  # the reader's connection went back
     finally:
         await engine.dispose()
 
@@ -78,5 +86,63 @@ async def test_an_idle_connection_is_pinged_and_replaced_when_dead(
             with pytest.raises(DBAPIError):
                 async with engine.connect() as conn:
                     await conn.scalar(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+
+
+async def test_the_fair_queue_serves_waiters_in_arrival_order_and_newcomers_queue_behind() -> None:
+    queue: FairQueue[str] = FairQueue()
+    first = asyncio.create_task(queue.get())
+    second = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait("connection")
+    # Put back while two wait: a request arriving now does not take it past them
+    # (asyncio.Queue would hand it to whoever asks before the woken waiter runs).
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()
+    newcomer = asyncio.create_task(queue.get())
+    assert await asyncio.wait_for(first, 1) == "connection"
+    queue.put_nowait("connection")
+    assert await asyncio.wait_for(second, 1) == "connection"
+    queue.put_nowait("connection")
+    assert await asyncio.wait_for(newcomer, 1) == "connection"
+    assert queue.empty()
+
+
+async def test_a_connection_handed_to_a_waiter_that_gives_up_goes_to_the_next() -> None:
+    queue: FairQueue[str] = FairQueue()
+    leaving = asyncio.create_task(queue.get())
+    staying = asyncio.create_task(queue.get())
+    timed_out = asyncio.create_task(asyncio.wait_for(queue.get(), 0.01))
+    await asyncio.sleep(0)
+    queue.put_nowait("connection")  # handed to `leaving`...
+    leaving.cancel()  # ...which is cancelled before it runs
+    assert await asyncio.wait_for(staying, 1) == "connection"
+    with pytest.raises(TimeoutError):
+        await timed_out
+    # The timed-out waiter left the line: the next connection is kept, not lost.
+    queue.put_nowait("connection")
+    assert queue.get_nowait() == "connection"
+
+
+async def test_postgresql_connections_come_from_the_fair_pool(postgres_url: str) -> None:
+    engine = create_engine(make_settings(database_url=postgres_url, database_pool_size=2))
+    try:
+        assert isinstance(engine.pool, FairAsyncQueuePool)
+        async with engine.connect() as one, engine.connect() as two:  # both connections open
+            await one.execute(text("SELECT 1"))
+            await two.execute(text("SELECT 1"))
+        order: list[int] = []
+
+        async def query(n: int) -> None:
+            async with engine.connect() as conn:
+                order.append(n)
+                await conn.execute(text("SELECT pg_sleep(0.02)"))
+
+        await asyncio.wait_for(asyncio.gather(*(query(n) for n in range(8))), 10)
+        # Two served at once, the six that had to wait served in the order they asked.
+        assert sorted(order[:2]) == [0, 1]
+        assert order[2:] == list(range(2, 8))
+        assert engine.pool.checkedout() == 0
     finally:
         await engine.dispose()

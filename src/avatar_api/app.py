@@ -19,12 +19,18 @@ from avatar_api.auth.service import PrincipalCache
 from avatar_api.avatars.router import router as avatars_router
 from avatar_api.avatars.router import users_router
 from avatar_api.bootstrap import build_services
-from avatar_api.db import create_engine, create_read_sessionmaker, create_sessionmaker
+from avatar_api.db import (
+    Reader,
+    create_engine,
+    create_read_sessionmaker,
+    create_sessionmaker,
+)
 from avatar_api.errors import PROBLEM_CONTENT_TYPE, install_error_handlers
 from avatar_api.fal.gateway import TrainerGateway
 from avatar_api.fal.simulator import simulator_jwks_url
 from avatar_api.fal.simulator_router import router as simulator_router
 from avatar_api.fal.webhook_signature import FalWebhookVerifier
+from avatar_api.gc_tuning import tune_after_startup
 from avatar_api.generations.router import router as generations_router
 from avatar_api.generations.router import webhook_router as generation_webhook_router
 from avatar_api.health.router import router as health_router
@@ -60,13 +66,20 @@ def create_app(
     gateway: TrainerGateway | None = None,
     storage: ObjectStorage | None = None,
     http: httpx.AsyncClient | None = None,
+    tune_gc: bool = False,
 ) -> FastAPI:
-    """Build the app; tests pass their own sessionmaker, gateway, storage or HTTP client."""
+    """Build the app; tests pass their own sessionmaker, gateway, storage or HTTP client.
+
+    ``tune_gc`` (the served app, see ``main``) freezes what start-up built once the lifespan
+    starts (:mod:`avatar_api.gc_tuning`); not for apps built and dropped in one process.
+    """
     settings.check_production_safety()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
+        if tune_gc:
+            tune_after_startup()
         background = None
         if settings.embedded_worker:
             background = asyncio.create_task(run_background(services, stop), name="worker")
@@ -78,6 +91,8 @@ def create_app(
             stop.set()
             if background is not None:
                 await background
+            if app.state.rate_limiter is not None:
+                await app.state.rate_limiter.aclose()
             await services.aclose()
             await app.state.engine.dispose()
 
@@ -96,6 +111,7 @@ def create_app(
     app.state.engine = engine
     app.state.sessionmaker = sessionmaker
     app.state.read_sessionmaker = create_read_sessionmaker(sessionmaker)
+    app.state.reader = Reader(app.state.read_sessionmaker)
     app.state.principal_cache = PrincipalCache(settings.auth_cache_seconds)
     app.state.rate_limiter = (
         RateLimiter(

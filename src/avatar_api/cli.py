@@ -98,6 +98,7 @@ async def _run_worker(
 
     from avatar_api.bootstrap import build_services
     from avatar_api.db import create_engine, create_sessionmaker
+    from avatar_api.gc_tuning import tune_after_startup
     from avatar_api.logging_setup import register_secrets
     from avatar_api.runtime import run_background
 
@@ -113,6 +114,7 @@ async def _run_worker(
     signals = (signal.SIGINT, signal.SIGTERM)
     try:
         services = build_services(settings, create_sessionmaker(engine))
+        tune_after_startup()
         # The first signal asks for a graceful stop (see run_background).
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)

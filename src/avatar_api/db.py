@@ -12,10 +12,16 @@ from sqlalchemy import DateTime, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from avatar_api.db_pool import FairAsyncQueuePool
 from avatar_api.settings import Settings
 
 
@@ -124,6 +130,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # for a connection instead.
         pool_size=settings.database_pool_size,
         max_overflow=0,
+        poolclass=FairAsyncQueuePool,  # waiters served in arrival order (see db_pool)
     )
     _ping_idle_connections(engine)
     return engine
@@ -148,6 +155,32 @@ def create_read_sessionmaker(
     if bind.dialect.name == "sqlite":
         return create_sessionmaker(bind.execution_options(**{READ_ONLY_OPTION: True}))
     return create_sessionmaker(bind.execution_options(isolation_level="AUTOCOMMIT"))
+
+
+class Reader:
+    """Connections for the hot read paths, with no ORM session around them.
+
+    Same bind and autocommit behaviour as :func:`create_read_sessionmaker`'s sessions, but a
+    route takes it as a plain dependency: a session needs a generator dependency to be
+    closed, and FastAPI's exit stack and cancel scope around one, with the session's own
+    transaction bookkeeping, cost more CPU than the query (measured on
+    ``GET /v1/avatars/{id}``, ``make bench BENCH_ARGS="--only reads"``).
+    """
+
+    def __init__(self, read_sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        bind = read_sessionmaker.kw.get("bind")
+        if not isinstance(bind, AsyncEngine | AsyncConnection):
+            raise TypeError("the read sessionmaker must be bound to an engine or a connection")
+        self._bind = bind
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for a few statements; returned to the pool on exit."""
+        if isinstance(self._bind, AsyncConnection):
+            yield self._bind  # the tests' connection, inside their rolled-back transaction
+            return
+        async with self._bind.connect() as connection:
+            yield connection
 
 
 @asynccontextmanager

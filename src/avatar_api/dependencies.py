@@ -17,7 +17,7 @@ from avatar_api.auth.service import (
     hash_key,
     require_secret,
 )
-from avatar_api.db import session_scope
+from avatar_api.db import Reader, session_scope
 from avatar_api.observability.context import bind_principal
 from avatar_api.services import Services
 from avatar_api.settings import Settings
@@ -40,6 +40,11 @@ async def get_services(request: Request) -> Services:
     return services
 
 
+async def get_reader(request: Request) -> Reader:
+    reader: Reader = request.app.state.reader
+    return reader
+
+
 async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -50,6 +55,8 @@ async def get_settings(request: Request) -> Settings:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 # For routes that only read: no transaction round trips (see db.create_read_sessionmaker).
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+# For the hot read paths: connections without a session (see db.Reader).
+ReaderDep = Annotated[Reader, Depends(get_reader)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServicesDep = Annotated[Services, Depends(get_services)]
 
@@ -63,13 +70,14 @@ async def get_principal(
     state = request.app.state
     digest = hash_key(require_secret(credentials.credentials if credentials else None))
     cache: PrincipalCache = state.principal_cache
-    principal = cache.get(digest)
-    if principal is None:
+
+    async def lookup() -> Principal:
         # Its own short read: the request's unit of work starts only when the route needs
         # it, so long requests (uploads) hold no transaction while they stream.
         async with session_scope(state.read_sessionmaker) as session:
-            principal = await authenticate_digest(session, digest)
-        cache.put(digest, principal)
+            return await authenticate_digest(session, digest)
+
+    principal = await cache.get_or_load(digest, lookup)
     bind_principal(tenant_id=principal.tenant_id, api_key_id=principal.api_key_id)
     limiter: rate_limit.RateLimiter | None = state.rate_limiter
     if limiter is not None:

@@ -6,4 +6,4 @@ from avatar_api.settings import Settings
 
 settings = Settings()
 configure_logging(level=settings.log_level, fmt=settings.resolved_log_format)
-app = create_app(settings)
+app = create_app(settings, tune_gc=True)

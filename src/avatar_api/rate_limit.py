@@ -13,10 +13,11 @@ with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete
@@ -29,6 +30,8 @@ from avatar_api.errors import AppError
 from avatar_api.models import RateLimitWindow
 from avatar_api.observability.context import add_response_headers
 from avatar_api.observability.metrics import RATE_LIMITED
+
+logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
 # A process reserves at most this share of a key's per-minute budget at a time...
@@ -114,18 +117,22 @@ class _Window:
     counted: int = 0  # the shared count after our last reservation, capped at the limit
     left: int = 0  # reserved by this process and not spent yet
     exhausted: bool = False  # the shared budget is spent: refuse until the window ends
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reserving: asyncio.Task[None] | None = None  # the reservation in flight, if any
 
 
 class RateLimiter:
     """This process's view of every key's shared budget.
 
-    A key's first request in a window, and each time the process's reserved block runs out,
-    adds a block to the shared count in one short transaction; the requests in between are
-    counted in memory. The block is 1/50 of the limit (at least one request, at most 1,000):
-    with a small limit every request is still counted in the database, and with several
-    API processes a key is never admitted beyond its limit - at worst it is refused up to
-    (processes - 1) blocks early, by budget that another process reserved and did not use.
+    A key's first request in a window, and each time the process's reserved block runs
+    low, adds a block to the shared count in one short transaction; the requests in between
+    are counted in memory. The block is 1/50 of the limit (at least one request, at most
+    1,000): with a small limit every request is still counted in the database, and with
+    several API processes a key is never admitted beyond its limit - at worst it is refused
+    early by budget that other processes reserved and did not use.
+
+    The next block is reserved when a quarter of the current one is left, while requests go
+    on spending the rest, so a busy key does not stall every block. Requests that do find the
+    block empty all wait on the one reservation in flight and wake together.
     """
 
     def __init__(
@@ -139,6 +146,7 @@ class RateLimiter:
             raise ValueError("limit must be at least 1")
         self.limit = limit
         self.block = max(1, min(limit // RESERVATION_DIVISOR, MAX_RESERVATION))
+        self.low_water = self.block // 4
         self._sessionmaker = sessionmaker
         self._clock = clock
         self._windows: dict[uuid.UUID, _Window] = {}
@@ -148,21 +156,27 @@ class RateLimiter:
         now = self._clock()
         window = self._current(key_id, window_start(now))
         while window.left == 0 and not window.exhausted:
-            async with window.lock:
-                current = self._clock()
-                if window_start(current) != window.start:
-                    # Waiting for the lock crossed into the next window: count it there.
-                    now = current
-                    window = self._current(key_id, window_start(now))
-                elif window.left == 0 and not window.exhausted:
-                    await self._reserve(key_id, window, current)
+            # Shielded: a caller that goes away does not cancel the others' reservation.
+            await asyncio.shield(self._reservation(key_id, window, now))
+            current = self._clock()
+            if window_start(current) != window.start:
+                # The wait crossed into the next window: count the request there.
+                now = current
+                window = self._current(key_id, window_start(now))
         reset = reset_seconds(window.start, now)
         if window.left == 0:
             return RateLimitDecision(limit=self.limit, count=self.limit + 1, reset_seconds=reset)
         window.left -= 1
+        if self.low_water and window.left <= self.low_water and not window.exhausted:
+            self._reservation(key_id, window, now)  # ahead of need, in the background
         return RateLimitDecision(
             limit=self.limit, count=window.counted - window.left, reset_seconds=reset
         )
+
+    async def aclose(self) -> None:
+        """Wait for the reservations in flight (at shutdown)."""
+        pending = [w.reserving for w in self._windows.values() if w.reserving is not None]
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def _current(self, key_id: uuid.UUID, start: datetime) -> _Window:
         window = self._windows.get(key_id)
@@ -173,6 +187,24 @@ class RateLimiter:
             window = self._windows[key_id] = _Window(start=start)
         return window
 
+    def _reservation(self, key_id: uuid.UUID, window: _Window, now: datetime) -> asyncio.Task[None]:
+        """The window's reservation in flight, started now if there is none."""
+        if window.reserving is None:
+            task = asyncio.create_task(self._reserve(key_id, window, now))
+            window.reserving = task
+
+            def finished(done: asyncio.Task[None]) -> None:
+                window.reserving = None
+                if not done.cancelled() and (error := done.exception()) is not None:
+                    # Waiters see the error themselves; one ahead of need only logs it.
+                    logger.warning(
+                        "rate_limit.reservation_failed",
+                        extra={"api_key_id": str(key_id), "error": type(error).__name__},
+                    )
+
+            task.add_done_callback(finished)
+        return window.reserving
+
     async def _reserve(self, key_id: uuid.UUID, window: _Window, now: datetime) -> None:
         async with session_scope(self._sessionmaker) as session:
             total = (
@@ -182,7 +214,7 @@ class RateLimiter:
             ).count
         before = total - self.block
         granted = max(0, min(self.block, self.limit - before))
-        window.left = granted
+        window.left += granted
         window.counted = before + granted
         window.exhausted = granted < self.block
 

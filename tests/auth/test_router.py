@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -96,3 +97,43 @@ def test_principal_cache_is_bounded_and_keeps_only_what_it_is_given() -> None:
     disabled = PrincipalCache(0.0)
     disabled.put("d0", principals["d0"])
     assert disabled.get("d0") is None
+
+
+async def test_concurrent_misses_on_one_key_share_one_lookup() -> None:
+    cache = PrincipalCache(10.0)
+    principal = Principal(tenant_id=uuid.uuid4(), api_key_id=uuid.uuid4())
+    release = asyncio.Event()
+    lookups: list[str] = []
+
+    async def load() -> Principal:
+        lookups.append("query")
+        await release.wait()
+        return principal
+
+    callers = [asyncio.create_task(cache.get_or_load("d", load)) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    callers[0].cancel()  # a caller that goes away does not cancel the lookup for the others
+    release.set()
+    assert await asyncio.wait_for(asyncio.gather(*callers[1:]), 1) == [principal] * 4
+    assert lookups == ["query"]
+    assert await cache.get_or_load("d", load) == principal  # cached now
+    assert lookups == ["query"]
+
+
+async def test_a_failed_lookup_is_shared_and_not_cached() -> None:
+    cache = PrincipalCache(10.0)
+    lookups: list[str] = []
+
+    async def refuse() -> Principal:
+        lookups.append("query")
+        await asyncio.sleep(0.01)
+        raise Unauthorized("Unknown or revoked API key.")
+
+    outcomes = await asyncio.gather(
+        *(cache.get_or_load("d", refuse) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(o, Unauthorized) for o in outcomes)
+    assert lookups == ["query"]
+    with pytest.raises(Unauthorized):
+        await cache.get_or_load("d", refuse)  # looked up again, not remembered
+    assert lookups == ["query", "query"]

@@ -253,7 +253,7 @@ async def test_a_request_that_waited_into_the_next_minute_is_counted_there(
     reserve = limiter._reserve
 
     async def slow_reserve(key_id: uuid.UUID, window: Any, now: datetime) -> None:
-        await gate.wait()  # the database is slow: the next request queues on the lock
+        await gate.wait()  # the database is slow: both requests wait on the reservation
         await reserve(key_id, window, now)
 
     monkeypatch.setattr(limiter, "_reserve", slow_reserve)
@@ -265,11 +265,66 @@ async def test_a_request_that_waited_into_the_next_minute_is_counted_there(
     gate.set()
 
     one, two = await first, await second
-    assert (one.count, one.reset_seconds) == (1, 1)
-    # Not added to the minute that ended while it waited (its row may already be gone).
-    assert (two.count, two.reset_seconds) == (1, 60)
+    # Not spent from the minute that ended while they waited (its row may already be gone).
+    assert sorted((d.count, d.reset_seconds) for d in (one, two)) == [(1, 60), (2, 60)]
     async with session_scope(create_sessionmaker(engine)) as session:
         rows = await session.exec(
             select(RateLimitWindow).where(RateLimitWindow.key_id == committed_key)
         )
-        assert [(row.window_start.minute, row.count) for row in rows.all()] == [(1, 1)]
+        assert [(row.window_start.minute, row.count) for row in rows.all()] == [(1, 2)]
+
+
+def _spy_reservations(
+    limiter: RateLimiter, monkeypatch: pytest.MonkeyPatch, gate: asyncio.Event | None = None
+) -> list[int]:
+    """Record each reservation (the window's unspent budget when it started)."""
+    started: list[int] = []
+    reserve = limiter._reserve
+
+    async def spied(key_id: uuid.UUID, window: Any, now: datetime) -> None:
+        started.append(window.left)
+        if gate is not None:
+            await gate.wait()
+        await reserve(key_id, window, now)
+
+    monkeypatch.setattr(limiter, "_reserve", spied)
+    return started
+
+
+async def test_the_next_block_is_reserved_while_the_current_one_is_still_being_spent(
+    engine: AsyncEngine, committed_key: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = _limiter(engine, 500, datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC))
+    assert (limiter.block, limiter.low_water) == (10, 2)
+    started = _spy_reservations(limiter, monkeypatch)
+
+    for _ in range(8):
+        await limiter.check(committed_key)
+    # Two of the first block left: the second one is reserved in the background...
+    await limiter.aclose()
+    assert started == [0, 2]
+    assert await _shared_count(engine, committed_key) == 20
+    # ...so the requests that spend the rest of the first block and all of the second
+    # never wait for the database, and the headers still count requests, not reservations.
+    decisions = [await limiter.check(committed_key) for _ in range(10)]
+    assert [d.count for d in decisions] == list(range(9, 19))
+    await limiter.aclose()
+    assert started == [0, 2, 2]  # the third block, again ahead of need
+
+
+async def test_requests_that_find_the_block_empty_share_one_reservation(
+    engine: AsyncEngine, committed_key: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = _limiter(engine, 500, datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC))
+    gate = asyncio.Event()
+    started = _spy_reservations(limiter, monkeypatch, gate)
+
+    waiting = [asyncio.create_task(limiter.check(committed_key)) for _ in range(8)]
+    await asyncio.sleep(0.05)
+    assert started == [0]  # eight requests, one reservation in flight
+    waiting[0].cancel()  # a caller that goes away does not cancel it for the others
+    gate.set()
+    decisions = await asyncio.gather(*waiting[1:])
+    assert sorted(d.count for d in decisions) == list(range(1, 8))
+    assert all(d.allowed for d in decisions)
+    assert started == [0]  # still the one: the cancelled caller's reservation served the rest

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlmodel import col, select
@@ -88,6 +89,8 @@ class PrincipalCache:
     Entries are keyed by the key's SHA-256 (the secret itself is never kept) and live for
     ``ttl_seconds``: a revoked key stops working in every process within that time. Only
     successful lookups are kept; the size is bounded, the oldest entry going first.
+    Concurrent requests that miss on the same key share one lookup (:meth:`get_or_load`):
+    when a busy key's entry expires, its requests in flight make one query, not one each.
     """
 
     def __init__(
@@ -101,6 +104,25 @@ class PrincipalCache:
         self.max_entries = max_entries
         self._clock = clock
         self._entries: dict[str, tuple[float, Principal]] = {}
+        self._loading: dict[str, asyncio.Future[Principal]] = {}
+
+    async def get_or_load(self, digest: str, load: Callable[[], Awaitable[Principal]]) -> Principal:
+        """The cached principal, else ``load()``'s, shared with concurrent misses."""
+        principal = self.get(digest)
+        if principal is not None:
+            return principal
+        loading = self._loading.get(digest)
+        if loading is None:
+            loading = self._loading[digest] = asyncio.ensure_future(load())
+
+            def finished(done: asyncio.Future[Principal]) -> None:
+                del self._loading[digest]
+                if not done.cancelled() and done.exception() is None:
+                    self.put(digest, done.result())
+
+            loading.add_done_callback(finished)
+        # Shielded: a caller that goes away does not cancel the lookup for the others.
+        return await asyncio.shield(loading)
 
     def get(self, digest: str) -> Principal | None:
         entry = self._entries.get(digest)

@@ -6,6 +6,7 @@ import uuid
 
 from sqlalchemy import RowMapping, and_, bindparam, or_
 from sqlalchemy import select as select_core
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -65,9 +66,8 @@ _READ = select_core(_AVATARS).where(
 
 
 async def read_row(
-    session: AsyncSession, *, tenant_id: uuid.UUID, avatar_id: uuid.UUID
+    connection: AsyncConnection, *, tenant_id: uuid.UUID, avatar_id: uuid.UUID
 ) -> RowMapping | None:
     """The avatar's columns, without an ORM object (the hot read path)."""
-    connection = await session.connection()
     result = await connection.execute(_READ, {"tenant_id": tenant_id, "avatar_id": avatar_id})
     return result.mappings().first()

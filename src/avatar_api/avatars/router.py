@@ -22,6 +22,7 @@ from avatar_api.avatars.schemas import (
 )
 from avatar_api.dependencies import (
     PrincipalDep,
+    ReaderDep,
     ReadSessionDep,
     ServicesDep,
     SessionDep,
@@ -84,10 +85,10 @@ async def list_avatars(
     responses=problem_responses(Unauthorized, AvatarNotFound),
 )
 async def get_avatar(
-    avatar_id: uuid.UUID, principal: PrincipalDep, session: ReadSessionDep
+    avatar_id: uuid.UUID, principal: PrincipalDep, reader: ReaderDep
 ) -> AvatarRead:
     """Get one avatar."""
-    return await service.read_avatar(session, principal=principal, avatar_id=avatar_id)
+    return await service.read_avatar(reader, principal=principal, avatar_id=avatar_id)
 
 
 @router.patch(

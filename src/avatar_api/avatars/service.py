@@ -14,7 +14,7 @@ from avatar_api.avatars import repository
 from avatar_api.avatars.errors import AvatarNotEditable, AvatarNotFound, MetadataTooLarge
 from avatar_api.avatars.schemas import AvatarCreate, AvatarPage, AvatarRead, AvatarUpdate
 from avatar_api.avatars.state import EDITABLE
-from avatar_api.db import utcnow
+from avatar_api.db import Reader, utcnow
 from avatar_api.models import Avatar, AvatarStatus, TrainingType
 from avatar_api.pagination import Cursor
 
@@ -63,11 +63,12 @@ async def get_avatar(
     return avatar
 
 
-async def read_avatar(
-    session: AsyncSession, *, principal: Principal, avatar_id: uuid.UUID
-) -> AvatarRead:
-    """What GET /v1/avatars/{id} answers: read as plain columns, no ORM object."""
-    row = await repository.read_row(session, tenant_id=principal.tenant_id, avatar_id=avatar_id)
+async def read_avatar(reader: Reader, *, principal: Principal, avatar_id: uuid.UUID) -> AvatarRead:
+    """What GET /v1/avatars/{id} answers: read as plain columns, no session, no ORM object."""
+    async with reader.connect() as connection:
+        row = await repository.read_row(
+            connection, tenant_id=principal.tenant_id, avatar_id=avatar_id
+        )
     if row is None:
         raise AvatarNotFound(f"No avatar with id {avatar_id}.")
     # The row's columns carry AvatarRead's field names (tenant_id and the like are ignored).
