@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import QueuePool
 
 from avatar_api import db
 from avatar_api.db import Reader, create_engine, create_read_sessionmaker, create_sessionmaker
@@ -37,6 +38,7 @@ async def test_a_read_session_neither_waits_for_nor_takes_the_write_lock(
                 )
                 assert again == count
             await writer.rollback()
+        assert isinstance(engine.pool, QueuePool)
         assert engine.pool.checkedout() == 0  # the reader's connection went back
     finally:
         await engine.dispose()
@@ -129,6 +131,8 @@ async def test_postgresql_connections_come_from_the_fair_pool(postgres_url: str)
     engine = create_engine(make_settings(database_url=postgres_url, database_pool_size=2))
     try:
         assert isinstance(engine.pool, FairAsyncQueuePool)
+        with pytest.raises(ValueError, match="max_overflow=0"):
+            FairAsyncQueuePool(lambda: None, pool_size=2, max_overflow=5)
         async with engine.connect() as one, engine.connect() as two:  # both connections open
             await one.execute(text("SELECT 1"))
             await two.execute(text("SELECT 1"))

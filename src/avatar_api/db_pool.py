@@ -63,6 +63,11 @@ class FairQueue(asyncio.Queue[T]):
 
 
 class _FairAdaptedQueue(AsyncAdaptedQueue[T]):
+    def __init__(self, maxsize: int = 0, use_lifo: bool = False) -> None:
+        if use_lifo:
+            raise ValueError("the fair pool serves waiters first in, first out")
+        super().__init__(maxsize)
+
     @memoized_property
     def _queue(self) -> asyncio.Queue[T]:
         # Created on first use, in the running loop, as SQLAlchemy's own queue is.
@@ -70,6 +75,15 @@ class _FairAdaptedQueue(AsyncAdaptedQueue[T]):
 
 
 class FairAsyncQueuePool(AsyncAdaptedQueuePool):
-    """SQLAlchemy's asyncio pool with a :class:`FairQueue` of idle connections."""
+    """SQLAlchemy's asyncio pool with a :class:`FairQueue` of idle connections.
+
+    Fixed size only (``max_overflow=0``): a connection handed to a waiter that gives up at
+    that moment is put back in the queue, which always has room for it in a fixed pool.
+    """
 
     _queue_class: Any = _FairAdaptedQueue
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("max_overflow", 10) != 0:  # 10: QueuePool's default
+            raise ValueError("FairAsyncQueuePool needs max_overflow=0")
+        super().__init__(*args, **kwargs)

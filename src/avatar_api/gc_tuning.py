@@ -8,12 +8,13 @@ about 100 ms.
 
 - ``gc.freeze()`` once start-up is done moves those objects into the permanent
   generation: they live as long as the process, and no later collection walks them.
-- A larger first-generation threshold makes young collections rarer. A request's objects
-  are mostly freed by reference counting; each young collection instead promotes the
-  objects of every request in flight, which are then only freed by the next full one.
+- A larger first-generation threshold makes young collections rarer. Each one walks the
+  objects of every request in flight and promotes the survivors; fewer of them means less
+  of that work and fewer promotions feeding the older generations' collections.
 
 Reference counting still frees almost everything at once; only reference cycles wait for
-the collector, and they are still collected.
+the collector, and they are still collected (those among the frozen start-up objects,
+which live as long as the process anyway, are not).
 """
 
 from __future__ import annotations

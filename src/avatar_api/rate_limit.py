@@ -13,6 +13,7 @@ with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import uuid
@@ -130,9 +131,10 @@ class RateLimiter:
     several API processes a key is never admitted beyond its limit - at worst it is refused
     early by budget that other processes reserved and did not use.
 
-    The next block is reserved when a quarter of the current one is left, while requests go
-    on spending the rest, so a busy key does not stall every block. Requests that do find the
-    block empty all wait on the one reservation in flight and wake together.
+    With blocks of four or more (limits from 200 a minute), the next block is reserved when
+    a quarter of the current one is left, while requests go on spending the rest, so a busy
+    key does not stall at every block. Requests that do find the block empty all wait on the
+    one reservation in flight and wake together.
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class RateLimiter:
         self._sessionmaker = sessionmaker
         self._clock = clock
         self._windows: dict[uuid.UUID, _Window] = {}
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def check(self, key_id: uuid.UUID) -> RateLimitDecision:
         """Count one request of ``key_id``; the decision says whether it is allowed."""
@@ -175,8 +178,7 @@ class RateLimiter:
 
     async def aclose(self) -> None:
         """Wait for the reservations in flight (at shutdown)."""
-        pending = [w.reserving for w in self._windows.values() if w.reserving is not None]
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*self._pending, return_exceptions=True)
 
     def _current(self, key_id: uuid.UUID, start: datetime) -> _Window:
         window = self._windows.get(key_id)
@@ -189,21 +191,38 @@ class RateLimiter:
 
     def _reservation(self, key_id: uuid.UUID, window: _Window, now: datetime) -> asyncio.Task[None]:
         """The window's reservation in flight, started now if there is none."""
-        if window.reserving is None:
-            task = asyncio.create_task(self._reserve(key_id, window, now))
+        task = window.reserving
+        if task is None or task.done():
+            # In a context of its own: it serves every request of the key, and its log
+            # lines belong to none of them.
+            task = asyncio.get_running_loop().create_task(
+                self._reserve_once(key_id, window, now), context=contextvars.Context()
+            )
             window.reserving = task
+            self._pending.add(task)
+            task.add_done_callback(self._forget)
+        return task
 
-            def finished(done: asyncio.Task[None]) -> None:
+    async def _reserve_once(self, key_id: uuid.UUID, window: _Window, now: datetime) -> None:
+        try:
+            await self._reserve(key_id, window, now)
+        except Exception:
+            # The requests waiting for it (if any) fail with the error; later ones try again.
+            logger.warning(
+                "rate_limit.reservation_failed", extra={"api_key_id": str(key_id)}, exc_info=True
+            )
+            raise
+        finally:
+            # Cleared before the task counts as done, so that a waiter woken by it which
+            # still finds the block empty starts a new reservation instead of awaiting
+            # this finished one (which would not yield to the event loop) again and again.
+            if window.reserving is asyncio.current_task():
                 window.reserving = None
-                if not done.cancelled() and (error := done.exception()) is not None:
-                    # Waiters see the error themselves; one ahead of need only logs it.
-                    logger.warning(
-                        "rate_limit.reservation_failed",
-                        extra={"api_key_id": str(key_id), "error": type(error).__name__},
-                    )
 
-            task.add_done_callback(finished)
-        return window.reserving
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled():
+            task.exception()  # logged above; retrieved so that asyncio does not warn again
 
     async def _reserve(self, key_id: uuid.UUID, window: _Window, now: datetime) -> None:
         async with session_scope(self._sessionmaker) as session:

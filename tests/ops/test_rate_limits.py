@@ -21,7 +21,7 @@ from avatar_api.app import create_app
 from avatar_api.auth.service import authenticate, create_api_key
 from avatar_api.db import create_sessionmaker, session_scope
 from avatar_api.models import RateLimitWindow, Tenant
-from avatar_api.rate_limit import RateLimiter, count_request
+from avatar_api.rate_limit import RateLimitDecision, RateLimiter, count_request
 from tests.conftest import make_settings
 from tests.fakes import RecordingGateway
 
@@ -328,3 +328,38 @@ async def test_requests_that_find_the_block_empty_share_one_reservation(
     assert sorted(d.count for d in decisions) == list(range(1, 8))
     assert all(d.allowed for d in decisions)
     assert started == [0]  # still the one: the cancelled caller's reservation served the rest
+
+
+async def test_requests_that_wake_as_a_reservation_ends_and_find_it_spent_start_another(
+    engine: AsyncEngine, committed_key: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = _limiter(engine, 120, datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC))
+    assert limiter.block == 2
+    ready = asyncio.Event()
+    reserve = limiter._reserve
+
+    async def reserve_then_others_ready(key_id: uuid.UUID, window: Any, now: datetime) -> None:
+        await reserve(key_id, window, now)
+        ready.set()  # more requests become ready in the very turn the reservation ends
+
+    monkeypatch.setattr(limiter, "_reserve", reserve_then_others_ready)
+    reservation, asked = limiter._reservation, [0]
+
+    def bounded(*args: Any) -> asyncio.Task[None]:
+        asked[0] += 1  # a request spinning without yielding would never let a timeout fire
+        if asked[0] > 100:
+            raise AssertionError("check() keeps asking for the same finished reservation")
+        return reservation(*args)
+
+    monkeypatch.setattr(limiter, "_reservation", bounded)
+
+    async def request() -> RateLimitDecision:
+        await ready.wait()
+        return await limiter.check(committed_key)
+
+    # The block of two is spent by the first two to run; the third must not spin on the
+    # finished reservation (that froze the event loop) but make a new one.
+    others = [asyncio.create_task(request()) for _ in range(limiter.block + 1)]
+    first = asyncio.create_task(limiter.check(committed_key))
+    decisions = await asyncio.wait_for(asyncio.gather(first, *others), 5)
+    assert sorted(d.count for d in decisions) == [1, 2, 3, 4]

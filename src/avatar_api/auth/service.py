@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import hmac
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -104,18 +106,23 @@ class PrincipalCache:
         self.max_entries = max_entries
         self._clock = clock
         self._entries: dict[str, tuple[float, Principal]] = {}
-        self._loading: dict[str, asyncio.Future[Principal]] = {}
+        self._loading: dict[str, asyncio.Task[Principal]] = {}
 
-    async def get_or_load(self, digest: str, load: Callable[[], Awaitable[Principal]]) -> Principal:
+    async def get_or_load(
+        self, digest: str, load: Callable[[], Coroutine[Any, Any, Principal]]
+    ) -> Principal:
         """The cached principal, else ``load()``'s, shared with concurrent misses."""
         principal = self.get(digest)
         if principal is not None:
             return principal
         loading = self._loading.get(digest)
         if loading is None:
-            loading = self._loading[digest] = asyncio.ensure_future(load())
+            # In a context of its own: it answers every request waiting on this key.
+            loading = self._loading[digest] = asyncio.get_running_loop().create_task(
+                load(), context=contextvars.Context()
+            )
 
-            def finished(done: asyncio.Future[Principal]) -> None:
+            def finished(done: asyncio.Task[Principal]) -> None:
                 del self._loading[digest]
                 if not done.cancelled() and done.exception() is None:
                     self.put(digest, done.result())
