@@ -18,6 +18,7 @@ Every record that reaches the handler passes two filters first:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -80,10 +81,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...] = (
         ("bearer", "basic"),
     ),
 )
-# Any needle at all: most values match none and skip every pattern after one search.
-_ANY_NEEDLE = re.compile(
-    "|".join(re.escape(n) for _, _, needles in _PATTERNS for n in needles), re.IGNORECASE
-)
+# Every needle, lower-cased: most values contain none and skip every pattern after a few
+# substring checks (cheaper than one case-insensitive regular expression over short text).
+_NEEDLES = tuple(sorted({n for _, _, needles in _PATTERNS for n in needles}))
 _MIN_SECRET_CHARS = 8
 _known_secrets: set[str] = set()
 _secrets_longest_first: tuple[str, ...] = ()
@@ -113,14 +113,20 @@ def redact_text(text: str) -> str:
     for secret in _secrets_longest_first:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    if _ANY_NEEDLE.search(text) is None:
-        return text
     lowered = text.lower()
+    if not any(needle in lowered for needle in _NEEDLES):
+        return text
     for pattern, replacement, needles in _PATTERNS:
         if any(needle in lowered for needle in needles):
             text = pattern.sub(replacement, text)
             lowered = text.lower()
     return text
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_sensitive_key(key: str) -> bool:
+    """Whether values under this key are masked; keys are few (field names), so cached."""
+    return _SENSITIVE_KEY.search(key) is not None
 
 
 def _bytes_placeholder(value: bytes | bytearray | memoryview) -> str:
@@ -129,7 +135,7 @@ def _bytes_placeholder(value: bytes | bytearray | memoryview) -> str:
 
 def redact_value(value: object, key: str | None = None) -> object:
     """``value`` with secrets masked; containers are copied, never changed in place."""
-    if key is not None and _SENSITIVE_KEY.search(key) and value is not None:
+    if key is not None and value is not None and _is_sensitive_key(key):
         return REDACTED
     if value is None or isinstance(value, bool | int | float):
         return value
