@@ -7,6 +7,20 @@ file), JSON logs at INFO, the per-key rate limit counting (with a limit never re
 An informational row measures bench/floor_app.py, a bare route that makes only the one
 primary-key SELECT (Core, no auth, no logging), on the same database and avatar: the part
 of the distance to the bare route that the database read alone accounts for.
+
+What limits it (py-spy on the server under this load, 2-core bench machine, 2026-12-06):
+CPU, in the server process. The bare route costs ~0.12 ms per request; the floor app, whose
+only addition is the SELECT through SQLAlchemy and asyncpg, already costs 0.5-0.67 ms
+(18-24% of bare over the runs); ours costs 0.8-1.1 ms (12-16%). Of ours, the SQLAlchemy
+connection and statement take about a third, FastAPI's dependency solving about a tenth,
+the access-log line and metrics about a tenth, the middleware stack and routing most of
+the rest; the key check, the rate limit and the response model are each a few percent.
+Fixed on the way (commit c464a44): garbage collection had taken ~20% of the CPU, with
+100 ms pauses; every ~1,000 requests the rate limiter's block ran out and the requests
+that found it empty were let through one per event-loop turn (up to 0.4 s); the connection
+pool let new requests take connections ahead of waiting ones (p99 4x the median). A p99
+within 3x the bare one needs the throughput first: at 64 connections the median is
+64 / throughput.
 """
 
 from __future__ import annotations

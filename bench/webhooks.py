@@ -11,6 +11,14 @@ Then the side effects are checked: every distinct webhook wrk sent is stored exa
 over all its deliveries; deliveries still in flight when wrk stopped (at most one per
 connection) are re-sent, and a sample of stored ones is re-sent and must answer
 "duplicate" without adding anything.
+
+What limits it (py-spy on the server under this load, 2-core bench machine, 2026-12-06):
+CPU, in the server process, 1.3-1.6 ms per delivery against 0.13-0.19 ms for the bare
+route. Of ours, the one-statement store on PostgreSQL takes about a fifth, the signature
+check (SHA-256 of the body, an Ed25519 verification) about a seventh, the log lines about
+a tenth, and FastAPI's routing, dependency solving and middleware most of the rest. A
+receiver in our app that answered at once, before any verification or storage, measured
+0.70 ms per request, 19% of bare: below this bar before any of the work it asks for.
 """
 
 from __future__ import annotations

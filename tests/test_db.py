@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -150,3 +151,25 @@ async def test_postgresql_connections_come_from_the_fair_pool(postgres_url: str)
         assert engine.pool.checkedout() == 0
     finally:
         await engine.dispose()
+
+
+async def test_a_sqlite_file_gets_the_same_fixed_fair_pool_and_memory_keeps_one_connection(
+    tmp_path: Path,
+) -> None:
+    file_engine = create_engine(
+        make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'a.db'}", database_pool_size=3)
+    )
+    memory_engine = create_engine(make_settings(database_url="sqlite+aiosqlite://"))
+    try:
+        assert isinstance(file_engine.pool, FairAsyncQueuePool)
+        assert file_engine.pool.size() == 3
+        # In memory, a second connection would be another, empty database.
+        assert not isinstance(memory_engine.pool, QueuePool)
+        async with memory_engine.connect() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+            await conn.commit()
+        async with memory_engine.connect() as conn:
+            assert await conn.scalar(text("SELECT count(*) FROM t")) == 0
+    finally:
+        await file_engine.dispose()
+        await memory_engine.dispose()

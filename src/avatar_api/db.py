@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -117,10 +117,26 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
             raise DisconnectionError("idle connection failed its ping") from exc
 
 
+def _in_memory(url: str) -> bool:
+    """An in-memory SQLite database lives in one connection (SQLAlchemy's StaticPool)."""
+    parsed = make_url(url)
+    return parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.database_url
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        pool: dict[str, Any] = {}
+        if not _in_memory(url):
+            # Fixed and fair, as on PostgreSQL: SQLAlchemy's default (5, plus up to 10
+            # overflow connections closed again on return) kept opening connections under
+            # load, each a new aiosqlite thread and file handle with its PRAGMAs.
+            pool = {
+                "pool_size": settings.database_pool_size,
+                "max_overflow": 0,
+                "poolclass": FairAsyncQueuePool,
+            }
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
         _configure_sqlite(engine)
         return engine
     engine = create_async_engine(
