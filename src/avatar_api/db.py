@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -126,7 +127,8 @@ def _in_memory(url: str) -> bool:
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.database_url
     if url.startswith("sqlite"):
-        pool: dict[str, Any] = {}
+        # In memory: one connection, always (another would open another, empty database).
+        pool: dict[str, Any] = {"poolclass": StaticPool}
         if not _in_memory(url):
             # Fixed and fair, as on PostgreSQL: SQLAlchemy's default (5, plus up to 10
             # overflow connections closed again on return) kept opening connections under
