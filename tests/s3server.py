@@ -81,13 +81,19 @@ class S3Server:
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, **config),
         )
 
-    def storage(self, bucket: str, **overrides: Any) -> S3Storage:
-        options: dict[str, Any] = {
+    def connection_options(self) -> dict[str, Any]:
+        """What an :class:`S3Storage` (or a subclass) needs to reach this server."""
+        return {
             "endpoint_url": self.endpoint_url,
             "region": self.region,
             "access_key_id": self.access_key_id,
             "secret_access_key": self.secret_access_key,
             "path_style": True,
+        }
+
+    def storage(self, bucket: str, **overrides: Any) -> S3Storage:
+        options: dict[str, Any] = {
+            **self.connection_options(),
             "multipart_threshold": 8 * MiB,
             "multipart_chunk_size": 8 * MiB,
         }

@@ -52,14 +52,7 @@ class RecordingS3Storage(S3Storage):
 
 @pytest_asyncio.fixture
 async def storage(s3_server: S3Server) -> AsyncIterator[RecordingS3Storage]:
-    options: dict[str, Any] = {
-        "endpoint_url": s3_server.endpoint_url,
-        "region": s3_server.region,
-        "access_key_id": s3_server.access_key_id,
-        "secret_access_key": s3_server.secret_access_key,
-        "path_style": True,
-    }
-    storage = RecordingS3Storage(f"test-{uuid.uuid4().hex[:16]}", **options)
+    storage = RecordingS3Storage(f"test-{uuid.uuid4().hex[:16]}", **s3_server.connection_options())
     await storage.ensure_bucket()
     try:
         yield storage
